@@ -1,0 +1,19 @@
+//! `aggregator`: placeholder until its issue lands; it parses its flags so the
+//! workspace's binaries all answer `--help`.
+//!
+//! # Layout
+//!
+//! - `main`: flag parsing.
+
+use clap::Parser;
+
+/// Switchboard aggregator.
+#[derive(Parser, Debug)]
+#[command(name = "aggregator", version, about)]
+struct Args {}
+
+pub fn main() -> std::process::ExitCode {
+    let _args = Args::parse();
+    eprintln!("aggregator: not implemented yet");
+    std::process::ExitCode::from(2)
+}

@@ -1,19 +1,107 @@
-//! `terminator`: placeholder until its issue lands; it parses its flags so the
-//! workspace's binaries all answer `--help`.
+//! The terminator: Switchboard's HTTP edge. Each HTTP request becomes a bus
+//! call to the service that owns its path; the reply becomes the response.
 //!
 //! # Layout
 //!
-//! - `main`: flag parsing.
+//! - [`config`]: settings, `DEFAULT_*` constants, flag/env/file layering.
+//! - [`routes`]: longest-prefix route table, one bus client per route.
+//! - [`proxy`]: the request path (HTTP → bus → HTTP).
+//! - [`rescue`]: every failure cause and its one HTTP status.
+//! - [`request_id`]: accept or generate `x-request-id`.
+//! - [`server`]: accept loops, admin endpoints, graceful drain.
+
+pub mod config;
+pub mod proxy;
+pub mod request_id;
+pub mod rescue;
+pub mod routes;
+pub mod server;
 
 use clap::Parser;
+use std::process::ExitCode;
 
-/// Switchboard terminator.
-#[derive(Parser, Debug)]
-#[command(name = "terminator", version, about)]
-struct Args {}
+pub use server::run;
 
-pub fn main() -> std::process::ExitCode {
-    let _args = Args::parse();
-    eprintln!("terminator: not implemented yet");
-    std::process::ExitCode::from(2)
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The binary: parse, validate (all errors at once), bind, serve, drain.
+pub fn main() -> ExitCode {
+    let args = config::Args::parse();
+    let settings = match config::Settings::load(args) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("terminator: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("terminator: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let http = match tokio::net::TcpListener::bind(settings.http).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("terminator: cannot listen on {} (http): {e}", settings.http);
+                return ExitCode::FAILURE;
+            }
+        };
+        let admin = match tokio::net::TcpListener::bind(settings.admin).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "terminator: cannot listen on {} (admin): {e}",
+                    settings.admin
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        // One machine-readable line, so scripts and tests using port 0 learn
+        // the real ports.
+        println!(
+            "terminator listening http=http://{} admin=http://{}",
+            http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            admin
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        match run(settings, http, admin, shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("terminator: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

@@ -1,0 +1,367 @@
+//! Settings: `DEFAULT_*` constants, overridden by a TOML file, then by
+//! `SWITCHBOARD_*` environment variables, then by flags (highest wins).
+//! Every bad value is reported before exit, not just the first.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8000";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8001";
+/// The convention: everything under `/` goes to the aggregator.
+pub const DEFAULT_ROUTE: (&str, &str, &str) = ("/", "aggregator", "tcp://127.0.0.1:8100");
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+/// A client must finish sending its request head within this (slowloris).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// One entry of the route table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Path prefix, matched on whole segments: `/api` matches `/api` and
+    /// `/api/x`, not `/apix`.
+    pub prefix: String,
+    pub service: String,
+    pub endpoints: Vec<String>,
+    /// Per-route deadline, e.g. `"250ms"`; the default timeout otherwise.
+    #[serde(default, with = "opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub routes: Vec<Route>,
+    pub timeout: Duration,
+    pub max_body: usize,
+    pub max_header_bytes: usize,
+    pub max_in_flight: usize,
+    pub header_read_timeout: Duration,
+    pub grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            http: DEFAULT_HTTP.parse().expect("valid default"),
+            admin: DEFAULT_ADMIN.parse().expect("valid default"),
+            routes: vec![Route {
+                prefix: DEFAULT_ROUTE.0.into(),
+                service: DEFAULT_ROUTE.1.into(),
+                endpoints: vec![DEFAULT_ROUTE.2.into()],
+                timeout: None,
+            }],
+            timeout: DEFAULT_TIMEOUT,
+            max_body: DEFAULT_MAX_BODY,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+/// The HTTP edge of Switchboard: turns each HTTP request into a bus call.
+#[derive(Parser, Debug, Default)]
+#[command(name = "terminator", version, about)]
+pub struct Args {
+    /// TOML config file (keys as the long flags, with `_`; `[[route]]` tables).
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8000]
+    #[arg(long, env = "SWITCHBOARD_HTTP")]
+    pub http: Option<String>,
+    /// Admin listen address (/healthz, /readyz) [default: 127.0.0.1:8001]
+    #[arg(long, env = "SWITCHBOARD_ADMIN")]
+    pub admin: Option<String>,
+    /// Route, repeatable: PREFIX=SERVICE@ENDPOINT[,ENDPOINT...][;TIMEOUT]
+    /// [default: /=aggregator@tcp://127.0.0.1:8100]
+    #[arg(long = "route", env = "SWITCHBOARD_ROUTES", value_delimiter = ' ')]
+    pub routes: Vec<String>,
+    /// Default deadline per request, e.g. 5s, 250ms [default: 5s]
+    #[arg(long, env = "SWITCHBOARD_TIMEOUT")]
+    pub timeout: Option<String>,
+    /// Largest request body in bytes [default: 1048576]
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY")]
+    pub max_body: Option<String>,
+    /// Largest request head (all header names and values) in bytes [default: 16384]
+    #[arg(long, env = "SWITCHBOARD_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<String>,
+    /// Requests in flight before new ones get 503 [default: 10000]
+    #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<String>,
+    /// Time a client has to send its request head [default: 5s]
+    #[arg(long, env = "SWITCHBOARD_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// Time in-flight requests get to finish on SIGTERM [default: 30s]
+    #[arg(long, env = "SWITCHBOARD_GRACE")]
+    pub grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    http: Option<String>,
+    admin: Option<String>,
+    timeout: Option<String>,
+    max_body: Option<usize>,
+    max_header_bytes: Option<usize>,
+    max_in_flight: Option<usize>,
+    header_read_timeout: Option<String>,
+    grace: Option<String>,
+    #[serde(default)]
+    route: Vec<Route>,
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{s}` has no unit (ms, s, m, h)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h)")),
+    };
+    Ok(d)
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// `PREFIX=SERVICE@EP[,EP...][;TIMEOUT]`
+pub fn parse_route(s: &str) -> Result<Route, String> {
+    let (prefix, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("route `{s}`: expected PREFIX=SERVICE@ENDPOINT"))?;
+    let (rest, timeout) = match rest.split_once(';') {
+        Some((r, t)) => (r, Some(parse_duration(t)?)),
+        None => (rest, None),
+    };
+    let (service, eps) = rest
+        .split_once('@')
+        .ok_or_else(|| format!("route `{s}`: expected SERVICE@ENDPOINT after `=`"))?;
+    Ok(Route {
+        prefix: prefix.to_string(),
+        service: service.to_string(),
+        endpoints: eps.split(',').map(str::to_string).collect(),
+        timeout,
+    })
+}
+
+fn check_route(r: &Route, errors: &mut Vec<String>) {
+    if !r.prefix.starts_with('/') {
+        errors.push(format!("route prefix `{}` must start with `/`", r.prefix));
+    }
+    if r.service.is_empty() || r.service.len() > 255 {
+        errors.push(format!(
+            "route `{}`: service name must be 1-255 bytes",
+            r.prefix
+        ));
+    }
+    if r.endpoints.is_empty() {
+        errors.push(format!("route `{}`: no endpoints", r.prefix));
+    }
+    for ep in &r.endpoints {
+        if let Err(e) = bus::check_endpoint(ep) {
+            errors.push(format!("route `{}`: {e}", r.prefix));
+        }
+    }
+}
+
+impl Settings {
+    /// Merges defaults, the config file, the environment and the flags
+    /// (clap has already put env under flags). All errors at once.
+    pub fn load(args: Args) -> Result<Settings, Vec<String>> {
+        let mut errors = Vec::new();
+        let file = match &args.config {
+            None => File::default(),
+            Some(p) => match std::fs::read_to_string(p) {
+                Err(e) => {
+                    errors.push(format!("config file {}: {e}", p.display()));
+                    File::default()
+                }
+                Ok(text) => match toml::from_str::<File>(&text) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        errors.push(format!("config file {}: {e}", p.display()));
+                        File::default()
+                    }
+                },
+            },
+        };
+        let mut s = Settings::default();
+        fn pick<T>(
+            name: &str,
+            flag: Option<String>,
+            file: Option<String>,
+            parse: impl Fn(&str) -> Result<T, String>,
+            slot: &mut T,
+            errors: &mut Vec<String>,
+        ) {
+            if let Some(v) = flag.or(file) {
+                match parse(&v) {
+                    Ok(x) => *slot = x,
+                    Err(e) => errors.push(format!("{name}: {e}")),
+                }
+            }
+        }
+        let addr = |v: &str| {
+            v.parse::<std::net::SocketAddr>()
+                .map_err(|_| format!("`{v}` is not HOST:PORT (an IP address and a port)"))
+        };
+        let count = |v: &str| match v.parse::<usize>() {
+            Ok(0) => Err("must be at least 1".to_string()),
+            Ok(n) => Ok(n),
+            Err(_) => Err(format!("`{v}` is not a positive integer")),
+        };
+        let dur = |v: &str| match parse_duration(v) {
+            Ok(d) if d.is_zero() => Err("must be more than 0".to_string()),
+            other => other,
+        };
+        let e = &mut errors;
+        pick("http", args.http, file.http, addr, &mut s.http, e);
+        pick("admin", args.admin, file.admin, addr, &mut s.admin, e);
+        pick(
+            "timeout",
+            args.timeout,
+            file.timeout,
+            dur,
+            &mut s.timeout,
+            e,
+        );
+        let num = |v: Option<usize>| v.map(|n| n.to_string());
+        pick(
+            "max_body",
+            args.max_body,
+            num(file.max_body),
+            count,
+            &mut s.max_body,
+            e,
+        );
+        pick(
+            "max_header_bytes",
+            args.max_header_bytes,
+            num(file.max_header_bytes),
+            count,
+            &mut s.max_header_bytes,
+            e,
+        );
+        pick(
+            "max_in_flight",
+            args.max_in_flight,
+            num(file.max_in_flight),
+            count,
+            &mut s.max_in_flight,
+            e,
+        );
+        pick(
+            "header_read_timeout",
+            args.header_read_timeout,
+            file.header_read_timeout,
+            dur,
+            &mut s.header_read_timeout,
+            e,
+        );
+        pick("grace", args.grace, file.grace, dur, &mut s.grace, e);
+        let routes: Vec<Route> = if !args.routes.is_empty() {
+            args.routes
+                .iter()
+                .filter(|r| !r.is_empty())
+                .filter_map(|r| parse_route(r).map_err(|x| errors.push(x)).ok())
+                .collect()
+        } else if !file.route.is_empty() {
+            file.route
+        } else {
+            s.routes.clone()
+        };
+        for r in &routes {
+            check_route(r, &mut errors);
+        }
+        for (i, a) in routes.iter().enumerate() {
+            if routes[..i].iter().any(|b| b.prefix == a.prefix) {
+                errors.push(format!("route prefix `{}` given twice", a.prefix));
+            }
+        }
+        s.routes = routes;
+        if errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_convention() {
+        let s = Settings::load(Args::default()).unwrap();
+        assert_eq!(s.http.to_string(), "127.0.0.1:8000");
+        assert_eq!(s.admin.to_string(), "127.0.0.1:8001");
+        assert_eq!(s.routes[0].endpoints, vec!["tcp://127.0.0.1:8100"]);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported() {
+        let args = Args {
+            http: Some("nope".into()),
+            timeout: Some("5 parsecs".into()),
+            max_body: Some("-1".into()),
+            routes: vec!["api=svc@tcp://x".into()],
+            ..Args::default()
+        };
+        let errs = Settings::load(args).unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+    }
+
+    #[test]
+    fn flag_beats_file() {
+        let dir = std::env::temp_dir().join(format!("sb-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("t.toml");
+        std::fs::write(
+            &p,
+            "timeout = \"2s\"\nmax_body = 10\n[[route]]\nprefix = \"/x\"\nservice = \"s\"\nendpoints = [\"tcp://127.0.0.1:9\"]\ntimeout = \"100ms\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(Args {
+            config: Some(p),
+            timeout: Some("3s".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(s.timeout, Duration::from_secs(3));
+        assert_eq!(s.max_body, 10);
+        assert_eq!(s.routes[0].timeout, Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn route_flag_syntax() {
+        let r = parse_route("/api=svc@tcp://127.0.0.1:1,tcp://127.0.0.1:2;250ms").unwrap();
+        assert_eq!(r.prefix, "/api");
+        assert_eq!(r.endpoints.len(), 2);
+        assert_eq!(r.timeout, Some(Duration::from_millis(250)));
+    }
+}

@@ -1,0 +1,170 @@
+//! Accept loops for the HTTP and admin listeners, and graceful drain.
+
+use crate::config::Settings;
+use crate::proxy::{self, Edge};
+use crate::routes::Routes;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("bus setup: {0}")]
+    Bus(#[from] bus::SetupError),
+}
+
+/// Serves HTTP on `http` and health on `admin` until `shutdown` resolves,
+/// then drains: stops accepting, `/readyz` answers 503, requests in flight
+/// get `settings.grace` to finish.
+pub async fn run(
+    settings: Settings,
+    http: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let routes = Routes::build(&settings.routes, settings.timeout)?;
+    let edge = Arc::new(Edge {
+        routes,
+        max_body: settings.max_body,
+        max_header_bytes: settings.max_header_bytes,
+        max_in_flight: settings.max_in_flight,
+        in_flight: AtomicUsize::new(0),
+    });
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin_task = tokio::spawn(serve_admin(admin, edge.clone(), draining.clone()));
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        // Heads up to twice our own limit reach the handler, which answers
+        // 431 with a JSON body; beyond that hyper answers 431 itself.
+        .max_buf_size((settings.max_header_bytes * 2).max(8192) + 8192);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size((settings.max_header_bytes * 2).min(u32::MAX as usize) as u32);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = http.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let edge = edge.clone();
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let edge = edge.clone();
+                    async move { proxy::handle(&edge, req).await }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with error");
+                    }
+                });
+            }
+        }
+    }
+    draining.store(true, Ordering::SeqCst);
+    drop(http);
+    tracing::info!(
+        in_flight = edge.in_flight.load(Ordering::Relaxed),
+        "draining"
+    );
+    if tokio::time::timeout(settings.grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = edge.in_flight.load(Ordering::Relaxed),
+            "grace period over; closing remaining connections"
+        );
+    }
+    admin_task.abort();
+    Ok(())
+}
+
+async fn serve_admin(listener: TcpListener, edge: Arc<Edge>, draining: Arc<AtomicBool>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (edge, draining) = (edge.clone(), draining.clone());
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let r = admin_response(req.uri().path(), &edge, &draining);
+            async move { Ok::<_, std::convert::Infallible>(r) }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn admin_response(path: &str, edge: &Edge, draining: &AtomicBool) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+        "/readyz" => {
+            let services: serde_json::Map<String, serde_json::Value> = edge
+                .routes
+                .targets()
+                .iter()
+                .map(|t| {
+                    let live = t
+                        .client
+                        .instances()
+                        .iter()
+                        .filter(|i| i.is_connected())
+                        .count();
+                    (
+                        t.prefix.clone() + "/",
+                        serde_json::json!({"service": t.service.as_str(), "connected": live}),
+                    )
+                })
+                .collect();
+            if draining.load(Ordering::SeqCst) {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "draining", "routes": services}),
+                )
+            } else {
+                (
+                    StatusCode::OK,
+                    serde_json::json!({"status": "ready", "routes": services}),
+                )
+            }
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not_found"}),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}

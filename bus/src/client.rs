@@ -38,6 +38,8 @@ pub const DEFAULT_MAX_PENDING: usize = 65_536;
 pub const DEFAULT_SEND_QUEUE: usize = 16_384;
 /// Messages the socket thread moves per socket before looking at the others.
 const BATCH: usize = 256;
+/// How often connection state is re-read while it matters.
+const RECHECK_MS: i64 = 20;
 
 /// How to reach a service.
 #[derive(Debug, Clone)]
@@ -454,7 +456,6 @@ impl Drop for Outstanding {
 struct Conn {
     inst: Arc<Instance>,
     dealer: zmq::Socket,
-    monitor: zmq::Socket,
 }
 
 struct Worker {
@@ -479,7 +480,7 @@ impl Worker {
             let mut idle = self.sends();
             for i in 0..self.conns.len() {
                 idle &= self.receive(i);
-                self.monitor(i);
+                self.track_connection(i);
             }
             if idle {
                 self.sleep();
@@ -508,37 +509,18 @@ impl Worker {
 
     fn add(&mut self, inst: Arc<Instance>) {
         match self.open(&inst) {
-            Ok((dealer, monitor)) => self.conns.push(Conn {
-                inst,
-                dealer,
-                monitor,
-            }),
+            Ok(dealer) => self.conns.push(Conn { inst, dealer }),
             Err(e) => {
                 tracing::error!(service = %self.service, endpoint = %inst.endpoint, error = %e, "cannot connect")
             }
         }
     }
 
-    fn open(&self, inst: &Instance) -> Result<(zmq::Socket, zmq::Socket), SetupError> {
-        static MONITORS: AtomicU64 = AtomicU64::new(0);
+    fn open(&self, inst: &Instance) -> Result<zmq::Socket, SetupError> {
         let ep = &inst.endpoint;
         let dealer = socket::dealer(&self.tuning, ep)?;
-        let mon_ep = format!(
-            "inproc://bus-client-monitor-{}",
-            MONITORS.fetch_add(1, Ordering::Relaxed)
-        );
-        let events = socket::EVENT_HANDSHAKE_SUCCEEDED | socket::EVENT_DISCONNECTED;
-        dealer
-            .monitor(&mon_ep, events as i32)
-            .map_err(socket::zerr("monitor", ep))?;
-        let monitor = socket::context()
-            .socket(zmq::PAIR)
-            .map_err(socket::zerr("create PAIR", &mon_ep))?;
-        monitor
-            .connect(&mon_ep)
-            .map_err(socket::zerr("connect", &mon_ep))?;
         dealer.connect(ep).map_err(socket::zerr("connect", ep))?;
-        Ok((dealer, monitor))
+        Ok(dealer)
     }
 
     /// Moves queued requests onto their sockets; true if there were none.
@@ -627,25 +609,34 @@ impl Worker {
         false
     }
 
-    fn monitor(&mut self, i: usize) {
+    /// Tracks whether the instance has a live connection. With IMMEDIATE,
+    /// a DEALER is writable exactly when a completed connection has room, so
+    /// POLLOUT is the connection state unless the pipe is full (then more
+    /// calls are outstanding than the high-water mark). Reading ZMQ_EVENTS
+    /// also makes libzmq process pending connect/disconnect commands.
+    ///
+    /// (Socket monitors would report the same transitions as events, but
+    /// libzmq 4.3's monitor can stall its I/O thread when many sockets are
+    /// monitored from one context; see docs/architecture.md.)
+    fn track_connection(&mut self, i: usize) {
         let conn = &self.conns[i];
-        while let Some(ev) = socket::read_monitor_event(&conn.monitor) {
-            match ev {
-                socket::EVENT_HANDSHAKE_SUCCEEDED => {
-                    conn.inst.connected.store(true, Ordering::Relaxed);
-                    tracing::debug!(service = %self.service, endpoint = %conn.inst.endpoint, "instance connected");
-                }
-                socket::EVENT_DISCONNECTED => {
-                    conn.inst.connected.store(false, Ordering::Relaxed);
-                    // Requests on a dropped connection can never be answered:
-                    // the service routes replies by the old connection's id.
-                    let n = self
-                        .table
-                        .fail_endpoint(conn.inst.id, CallError::Disconnected);
-                    tracing::warn!(service = %self.service, endpoint = %conn.inst.endpoint, failed = n, "instance disconnected");
-                }
-                _ => {}
-            }
+        let writable = conn
+            .dealer
+            .get_events()
+            .map(|e| e.contains(zmq::POLLOUT))
+            .unwrap_or(false);
+        let was = conn.inst.connected.load(Ordering::Relaxed);
+        if writable && !was {
+            conn.inst.connected.store(true, Ordering::Relaxed);
+            tracing::debug!(service = %self.service, endpoint = %conn.inst.endpoint, "instance connected");
+        } else if !writable && was && conn.inst.outstanding() < self.tuning.hwm.max(1) as usize {
+            conn.inst.connected.store(false, Ordering::Relaxed);
+            // Requests on a dropped connection can never be answered: the
+            // service routes replies by the old connection's identity.
+            let n = self
+                .table
+                .fail_endpoint(conn.inst.id, CallError::Disconnected);
+            tracing::warn!(service = %self.service, endpoint = %conn.inst.endpoint, failed = n, "instance disconnected");
         }
     }
 
@@ -665,14 +656,16 @@ impl Worker {
             }
             Err(TryRecvError::Empty) => {}
         }
-        let mut items = Vec::with_capacity(1 + self.conns.len() * 2);
+        let mut items = Vec::with_capacity(1 + self.conns.len());
         items.push(zmq::PollItem::from_fd(self.waker.fd(), zmq::POLLIN));
         for c in &self.conns {
             items.push(c.dealer.as_poll_item(zmq::POLLIN));
-            items.push(c.monitor.as_poll_item(zmq::POLLIN));
         }
-        // The timeout is a safety net only; every producer wakes us.
-        let _ = zmq::poll(&mut items, 1000);
+        // Connection changes raise no poll event: look again soon while an
+        // instance is down (to take it back promptly) or calls are waiting
+        // (to fail them promptly if their instance dies).
+        let watch = !self.table.is_empty() || self.conns.iter().any(|c| !c.inst.is_connected());
+        let _ = zmq::poll(&mut items, if watch { RECHECK_MS } else { 1000 });
         let woke = items[0].is_readable();
         drop(items);
         self.waker.awake();

@@ -164,32 +164,6 @@ pub(crate) fn to_message(b: Bytes) -> zmq::Message {
     }
 }
 
-/// A socket monitor's event: (event id, endpoint). libzmq 4.3 sends two
-/// frames: 6 bytes (u16 event, u32 value) and the endpoint.
-pub(crate) fn read_monitor_event(mon: &zmq::Socket) -> Option<u16> {
-    let first = mon.recv_msg(zmq::DONTWAIT).ok()?;
-    let mut more = first.get_more();
-    while more {
-        more = mon
-            .recv_msg(zmq::DONTWAIT)
-            .map(|m| m.get_more())
-            .unwrap_or(false);
-    }
-    if first.len() < 2 {
-        return None;
-    }
-    Some(u16::from_le_bytes([first[0], first[1]]))
-}
-
-pub(crate) const EVENT_HANDSHAKE_SUCCEEDED: u16 = zmq_sys_event::HANDSHAKE_SUCCEEDED;
-pub(crate) const EVENT_DISCONNECTED: u16 = zmq_sys_event::DISCONNECTED;
-
-mod zmq_sys_event {
-    // Values from zmq.h (libzmq 4.3, stable API).
-    pub const DISCONNECTED: u16 = 0x0200;
-    pub const HANDSHAKE_SUCCEEDED: u16 = 0x1000;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

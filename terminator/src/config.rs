@@ -333,7 +333,7 @@ mod tests {
             ..Args::default()
         };
         let errs = Settings::load(args).unwrap_err();
-        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert_eq!(errs.len(), 5, "{errs:#?}");
     }
 
     #[test]

@@ -139,7 +139,7 @@ fn admin_response(path: &str, edge: &Edge, draining: &AtomicBool) -> Response<Fu
                         .count();
                     (
                         t.prefix.clone() + "/",
-                        serde_json::json!({"service": t.service.as_str(), "connected": live}),
+                        serde_json::json!({"service": t.service.as_str(), "connected": live, "pending": t.client.pending_len()}),
                     )
                 })
                 .collect();

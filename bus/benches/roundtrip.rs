@@ -55,7 +55,7 @@ fn raw(d: Duration) -> Result {
     });
     let dealer = ctx.socket(zmq::DEALER).unwrap();
     dealer.connect(&ep).unwrap();
-    let body = vec![7u8; BODY];
+    let body = [7u8; BODY];
     let mut sent_at = std::collections::VecDeque::with_capacity(WINDOW);
     let mut lat = Vec::with_capacity(4_000_000);
     let start = Instant::now();

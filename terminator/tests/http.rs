@@ -89,8 +89,10 @@ fn route(prefix: &str, ep: &str, timeout: Option<Duration>) -> Route {
 async fn stack_with(f: impl FnOnce(&mut Settings, &str)) -> Stack {
     let mut stops = Vec::new();
     let ep = aggregator(&mut stops).await;
-    let mut s = Settings::default();
-    s.routes = vec![route("/", &ep, None)];
+    let mut s = Settings {
+        routes: vec![route("/", &ep, None)],
+        ..Settings::default()
+    };
     f(&mut s, &ep);
     terminator(s, &mut stops, true).await
 }
@@ -256,8 +258,10 @@ async fn service_down_is_503_at_once() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("tcp://{}", l.local_addr().unwrap())
     };
-    let mut set = Settings::default();
-    set.routes = vec![route("/", &dead, None)];
+    let set = Settings {
+        routes: vec![route("/", &dead, None)],
+        ..Settings::default()
+    };
     let s = terminator(set, &mut stops, false).await;
     for _ in 0..3 {
         let t = Instant::now();

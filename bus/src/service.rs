@@ -389,7 +389,7 @@ where
         };
         let handler = self.handler.clone();
         let (header, body) = (socket::to_bytes(header), socket::to_bytes(body));
-        self.runtime.spawn(async move {
+        let task = async move {
             let req = match wire::decode(header, body) {
                 Ok(Message::Request(r)) => r,
                 _ => {
@@ -418,7 +418,29 @@ where
                 Ok(h) => guard.finish(Some((h, reply.body))),
                 Err(_) => guard.error(500, "reply could not be encoded"),
             }
-        });
+        };
+        self.run_inline_or_spawn(task);
+    }
+
+    /// Polls a handler's task once right here: a handler that finishes
+    /// without waiting (most do: echo, cache hits, validation errors) is
+    /// answered with no hop to a tokio worker and back, which measured as
+    /// the largest cost of a bus hop on two cores (docs/benchmarks.md).
+    /// Anything that waits is spawned and finishes on tokio. A panic is
+    /// caught; dropping the task then answers 500 through its guard.
+    fn run_inline_or_spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut task = Box::pin(task);
+        let _rt = self.runtime.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.as_mut().poll(&mut cx)));
+        match polled {
+            Ok(std::task::Poll::Ready(())) => {}
+            Ok(std::task::Poll::Pending) => {
+                self.runtime.spawn(task);
+            }
+            Err(_) => drop(task),
+        }
     }
 
     fn sleep(&mut self) {

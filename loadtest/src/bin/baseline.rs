@@ -36,7 +36,9 @@ fn main() -> std::process::ExitCode {
         };
         println!("baseline listening http=http://{}", l.local_addr().unwrap());
         loop {
-            let Ok((s, _)) = l.accept().await else { continue };
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
             let _ = s.set_nodelay(true);
             tokio::spawn(async move {
                 let svc = service_fn(|_req| async {

@@ -114,16 +114,6 @@ async fn serve_admin(listener: TcpListener, draining: Arc<AtomicBool>) {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-}
-
 pub fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = bus::check_endpoint(&args.bus) {
@@ -158,7 +148,7 @@ pub fn main() -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let r = run(args, admin, shutdown_signal(), DEFAULT_GRACE, |ep| {
+        let r = run(args, admin, bus::signal::shutdown(), DEFAULT_GRACE, |ep| {
             println!("aggregator listening bus={ep} admin=http://{admin_addr}");
         })
         .await;

@@ -12,6 +12,7 @@
 //! - [`client`]: [`Client`], one DEALER per service instance, instance
 //!   choice (power of two choices), the call path.
 //! - [`service`]: [`Service`], a ROUTER and bounded concurrent handlers.
+//! - [`signal`]: SIGTERM/SIGINT, shared by every binary.
 //! - [`table`]: the correlation table of pending calls.
 //! - [`error`]: [`CallError`], what a call can end in besides a reply.
 //! - `socket`: ZeroMQ socket settings and frame conversions.
@@ -28,6 +29,7 @@
 pub mod client;
 pub mod error;
 pub mod service;
+pub mod signal;
 mod socket;
 pub mod table;
 mod waker;

@@ -22,17 +22,6 @@ use std::process::ExitCode;
 
 pub use server::run;
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-}
-
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -93,7 +82,7 @@ pub fn main() -> ExitCode {
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
-        match run(settings, http, admin, shutdown_signal()).await {
+        match run(settings, http, admin, bus::signal::shutdown()).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS

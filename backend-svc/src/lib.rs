@@ -1,19 +1,246 @@
-//! `backend-svc`: placeholder until its issue lands; it parses its flags so the
-//! workspace's binaries all answer `--help`.
+//! backend-svc: the `backend` bus service, a durable key-value store.
 //!
 //! # Layout
 //!
-//! - `main`: flag parsing.
+//! - [`proto`]: the service's methods and body encodings on the bus (also
+//!   used by callers such as the aggregator).
+//! - [`store`]: fjall behind a group-committing writer thread.
+//! - [`handler`]: bus requests → store operations → replies.
+//! - [`run`]: binds the bus service, the events publisher and the admin
+//!   listener; drains on stop.
+
+pub mod handler;
+pub mod proto;
+pub mod store;
 
 use clap::Parser;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
 
-/// Switchboard backend-svc.
-#[derive(Parser, Debug)]
+pub const DEFAULT_BUS: &str = "tcp://127.0.0.1:8200";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8201";
+pub const DEFAULT_EVENTS: &str = "tcp://127.0.0.1:8202";
+pub const DEFAULT_DATA_DIR: &str = "./data/backend";
+/// Matches the terminator's default body limit: any value a client can PUT
+/// through the edge can be stored.
+pub const DEFAULT_MAX_VALUE: usize = 1024 * 1024;
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// Switchboard backend-svc: the durable key-value service `backend`.
+#[derive(Parser, Debug, Clone)]
 #[command(name = "backend-svc", version, about)]
-struct Args {}
+pub struct Args {
+    /// Bus endpoint to bind (port 0 picks a free one)
+    #[arg(long, env = "SWITCHBOARD_BUS", default_value = DEFAULT_BUS)]
+    pub bus: String,
+    /// Endpoint to publish kv.changed events on (PUB; port 0 picks one)
+    #[arg(long, env = "SWITCHBOARD_EVENTS", default_value = DEFAULT_EVENTS)]
+    pub events: String,
+    /// Admin listen address (/healthz, /readyz, /stats)
+    #[arg(long, env = "SWITCHBOARD_ADMIN", default_value = DEFAULT_ADMIN)]
+    pub admin: std::net::SocketAddr,
+    /// Directory holding the store (created if missing)
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Largest value accepted, in bytes
+    #[arg(long, env = "SWITCHBOARD_MAX_VALUE", default_value_t = DEFAULT_MAX_VALUE)]
+    pub max_value: usize,
+    /// Writes queued for the disk before new ones get 503
+    #[arg(long, env = "SWITCHBOARD_WRITE_QUEUE", default_value_t = store::DEFAULT_WRITE_QUEUE)]
+    pub write_queue: usize,
+    /// Requests handled at once before new ones get 503
+    #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT", default_value_t = bus::service::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+}
 
-pub fn main() -> std::process::ExitCode {
-    let _args = Args::parse();
-    eprintln!("backend-svc: not implemented yet");
-    std::process::ExitCode::from(2)
+impl Args {
+    /// Every problem with the arguments, not just the first.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Err(e) = bus::check_endpoint(&self.bus) {
+            p.push(format!("--bus: {e}"));
+        }
+        if let Err(e) = bus::check_endpoint(&self.events) {
+            p.push(format!("--events: {e}"));
+        }
+        if self.max_value == 0 {
+            p.push("--max-value: must be at least 1".into());
+        }
+        if self.write_queue == 0 {
+            p.push("--write-queue: must be at least 1".into());
+        }
+        if self.max_in_flight == 0 {
+            p.push("--max-in-flight: must be at least 1".into());
+        }
+        p
+    }
+}
+
+/// What `run` bound, for the startup line and for tests.
+pub struct Bound<'a> {
+    pub bus: &'a str,
+    pub events: &'a str,
+}
+
+/// Opens the store, serves until `shutdown`, then drains for at most `grace`
+/// and closes the store after the last queued write.
+pub async fn run(
+    args: Args,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    on_bound: impl FnOnce(Bound<'_>),
+) -> Result<(), RunError> {
+    let publisher = Arc::new(bus::Publisher::bind(
+        &args.events,
+        Some(bus::events::DEFAULT_HEARTBEAT),
+    )?);
+    let p = publisher.clone();
+    let on_changed: store::OnChanged = Box::new(move |key| {
+        let body = serde_json::json!({ "key": String::from_utf8_lossy(key) }).to_string();
+        if let Err(e) = p.publish(proto::CHANGED_TOPIC, body.into()) {
+            tracing::warn!(error = %e, "kv.changed not published");
+        }
+    });
+    let store = Arc::new(store::Store::open(
+        &args.data_dir,
+        args.write_queue,
+        on_changed,
+    )?);
+    let kv = Arc::new(handler::Kv::new(store.clone(), args.max_value));
+    let mut opts = bus::ServiceOptions::new(proto::SERVICE, args.bus.clone());
+    opts.max_in_flight = args.max_in_flight;
+    let h = kv.clone();
+    let svc = bus::Service::bind(opts, move |req, deadline| {
+        let h = h.clone();
+        async move { h.handle(req, deadline).await }
+    })?;
+    on_bound(Bound {
+        bus: svc.endpoint(),
+        events: publisher.endpoint(),
+    });
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin_task = tokio::spawn(svc_host::admin::serve(
+        admin,
+        Arc::new(AdminPages {
+            svc: svc.monitor(),
+            store: store.clone(),
+            draining: draining.clone(),
+        }),
+    ));
+    shutdown.await;
+    draining.store(true, Ordering::SeqCst);
+    svc.shutdown(grace).await;
+    admin_task.abort();
+    let _ = admin_task.await;
+    drop(kv);
+    // The writer finishes what is queued, then fsyncs once more (whoever
+    // drops the last handle does the same; this makes it happen here).
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.close();
+    }
+    Ok(())
+}
+
+struct AdminPages {
+    svc: bus::ServiceMonitor,
+    store: Arc<store::Store>,
+    draining: Arc<AtomicBool>,
+}
+
+impl svc_host::admin::Admin for AdminPages {
+    fn ready(&self) -> (bool, String) {
+        if self.draining.load(Ordering::SeqCst) {
+            (false, r#"{"status":"draining"}"#.into())
+        } else {
+            (true, r#"{"status":"ready"}"#.into())
+        }
+    }
+
+    fn page(&self, path: &str) -> Option<svc_host::admin::Page> {
+        if path != "/stats" {
+            return None;
+        }
+        let s = self.svc.stats();
+        let st = self.store.stats();
+        let v = serde_json::json!({
+            "service": {
+                "in_flight": self.svc.in_flight(),
+                "received": s.received,
+                "replied": s.replied,
+                "expired_on_arrival": s.expired_on_arrival,
+                "expired_in_handler": s.expired_in_handler,
+                "overloaded": s.overloaded,
+                "malformed": s.malformed,
+                "handler_failures": s.handler_failures,
+            },
+            "store": {
+                "writes": st.writes.load(Ordering::Relaxed),
+                "batches": st.batches.load(Ordering::Relaxed),
+                "expired_writes": st.expired_writes.load(Ordering::Relaxed),
+                "failed_writes": st.failed_writes.load(Ordering::Relaxed),
+            },
+        });
+        Some((http::StatusCode::OK, v.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Bus(#[from] bus::SetupError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let problems = args.problems();
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("backend-svc: {p}");
+        }
+        return ExitCode::from(2);
+    }
+    svc_host::init_tracing();
+    let rt = match svc_host::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("backend-svc: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let admin = match TcpListener::bind(args.admin).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("backend-svc: cannot listen on {} (admin): {e}", args.admin);
+                return ExitCode::FAILURE;
+            }
+        };
+        let admin_addr = admin
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let data_dir = args.data_dir.display().to_string();
+        let r = run(args, admin, bus::signal::shutdown(), DEFAULT_GRACE, |b| {
+            println!(
+                "backend-svc listening bus={} events={} admin=http://{admin_addr} data={data_dir}",
+                b.bus, b.events
+            );
+        })
+        .await;
+        match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("backend-svc: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

@@ -11,6 +11,8 @@
 //!   (also specified in `docs/protocol.md`).
 //! - [`client`]: [`Client`], one DEALER per service instance, instance
 //!   choice (power of two choices), the call path.
+//! - [`events`]: [`Publisher`] and [`Subscriber`] (PUB/SUB) with a
+//!   heartbeat so subscribers can tell a quiet stream from a broken one.
 //! - [`service`]: [`Service`], a ROUTER and bounded concurrent handlers.
 //! - [`signal`]: SIGTERM/SIGINT, shared by every binary.
 //! - [`table`]: the correlation table of pending calls.
@@ -28,6 +30,7 @@
 
 pub mod client;
 pub mod error;
+pub mod events;
 pub mod service;
 pub mod signal;
 mod socket;
@@ -37,6 +40,7 @@ pub mod wire;
 
 pub use client::{Client, ClientOptions, ClientStats, Instance};
 pub use error::{CallError, SetupError};
-pub use service::{Service, ServiceOptions, ServiceStats};
+pub use events::{Publisher, Subscriber};
+pub use service::{Service, ServiceMonitor, ServiceOptions, ServiceStats};
 pub use socket::{check_endpoint, Tuning};
 pub use wire::{ErrorReply, Event, Headers, Message, Reply, Request, Text};

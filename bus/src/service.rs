@@ -105,6 +105,46 @@ struct Shared {
     draining: AtomicBool,
 }
 
+impl Shared {
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn stats(&self) -> ServiceStats {
+        let c = &self.counters;
+        ServiceStats {
+            received: c.received.load(Ordering::Relaxed),
+            replied: c.replied.load(Ordering::Relaxed),
+            overloaded: c.overloaded.load(Ordering::Relaxed),
+            expired_on_arrival: c.expired_on_arrival.load(Ordering::Relaxed),
+            expired_in_handler: c.expired_in_handler.load(Ordering::Relaxed),
+            malformed: c.malformed.load(Ordering::Relaxed),
+            undeliverable: c.undeliverable.load(Ordering::Relaxed),
+            handler_failures: c.handler_failures.load(Ordering::Relaxed),
+            in_flight: self.in_flight(),
+        }
+    }
+}
+
+/// Reads a [`Service`]'s counters; see [`Service::monitor`].
+#[derive(Clone)]
+pub struct ServiceMonitor(Arc<Shared>);
+
+impl ServiceMonitor {
+    pub fn stats(&self) -> ServiceStats {
+        self.0.stats()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.0.in_flight()
+    }
+
+    /// True once a graceful stop has begun.
+    pub fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::Relaxed)
+    }
+}
+
 /// A running service. Stop it with [`Service::shutdown`]; dropping it stops
 /// it at once without draining.
 pub struct Service {
@@ -181,22 +221,17 @@ impl Service {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::Relaxed)
+        self.shared.in_flight()
     }
 
     pub fn stats(&self) -> ServiceStats {
-        let c = &self.shared.counters;
-        ServiceStats {
-            received: c.received.load(Ordering::Relaxed),
-            replied: c.replied.load(Ordering::Relaxed),
-            overloaded: c.overloaded.load(Ordering::Relaxed),
-            expired_on_arrival: c.expired_on_arrival.load(Ordering::Relaxed),
-            expired_in_handler: c.expired_in_handler.load(Ordering::Relaxed),
-            malformed: c.malformed.load(Ordering::Relaxed),
-            undeliverable: c.undeliverable.load(Ordering::Relaxed),
-            handler_failures: c.handler_failures.load(Ordering::Relaxed),
-            in_flight: self.in_flight(),
-        }
+        self.shared.stats()
+    }
+
+    /// A handle that reads the counters, for admin pages that outlive the
+    /// borrow of the service (which `shutdown` consumes).
+    pub fn monitor(&self) -> ServiceMonitor {
+        ServiceMonitor(self.shared.clone())
     }
 
     /// Graceful stop: new requests are refused with 503 (callers may try
@@ -402,6 +437,17 @@ where
                     return;
                 }
             };
+            // The budget may have run out while the task waited for a
+            // worker (or, for a 1 µs budget, while decoding): do no work.
+            if Instant::now() >= deadline {
+                guard
+                    .shared
+                    .counters
+                    .expired_on_arrival
+                    .fetch_add(1, Ordering::Relaxed);
+                guard.finish(None);
+                return;
+            }
             let id = req.correlation_id;
             let mut reply = handler(req, deadline).await;
             if Instant::now() > deadline {

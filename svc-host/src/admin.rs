@@ -1,0 +1,70 @@
+//! The admin listener: small JSON pages for operators and orchestrators.
+//!
+//! - `/healthz`: 200 while the process runs.
+//! - `/readyz`: 200 or 503 with a JSON body, from the process's [`Admin`].
+//! - anything else the process's [`Admin::page`] knows (e.g. `/stats`).
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// A JSON page: status and body.
+pub type Page = (StatusCode, String);
+
+/// What a process shows on its admin port.
+pub trait Admin: Send + Sync + 'static {
+    /// `/readyz`: `(true, body)` when the process should take traffic.
+    fn ready(&self) -> (bool, String);
+    /// Any other path; `None` is a 404.
+    fn page(&self, _path: &str) -> Option<Page> {
+        None
+    }
+}
+
+/// Serves the admin pages until the task is dropped or aborted.
+pub async fn serve(listener: TcpListener, admin: Arc<dyn Admin>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let (status, body) = route(&*admin, req.uri().path());
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            async move { Ok::<_, std::convert::Infallible>(r) }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn route(admin: &dyn Admin, path: &str) -> Page {
+    match path {
+        "/healthz" => (StatusCode::OK, "{\"status\":\"ok\"}".into()),
+        "/readyz" => match admin.ready() {
+            (true, body) => (StatusCode::OK, body),
+            (false, body) => (StatusCode::SERVICE_UNAVAILABLE, body),
+        },
+        p => admin
+            .page(p)
+            .unwrap_or_else(|| (StatusCode::NOT_FOUND, "{\"error\":\"not_found\"}".into())),
+    }
+}

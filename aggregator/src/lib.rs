@@ -1,21 +1,21 @@
 //! The aggregator: the web-facing bus service (`/` routes to it by
-//! convention). For now it serves `/echo`; the key-value fan-out lands with
-//! the full-chain issue.
+//! convention). It composes backend calls into HTTP answers.
 //!
 //! # Layout
 //!
-//! - [`echo`]: the `/echo` handler.
+//! - [`echo`]: `/echo`, the one-hop path.
+//! - [`kv`]: `/kv/{key}` and `/kv?keys=`, the full chain to backend-svc.
+//! - [`cache`]: the optional read cache, invalidated by `kv.changed` events.
 //! - [`run`]: binds the bus service and the admin listener, drains on stop.
 
+pub mod cache;
 pub mod echo;
+pub mod kv;
 
-use bus::{Reply, Request, Service, ServiceOptions};
+use bus::{Client, ClientOptions, Reply, Request, Service, ServiceOptions};
 use bytes::Bytes;
 use clap::Parser;
 use http::StatusCode;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +26,8 @@ use tokio::time::Instant;
 
 pub const DEFAULT_BUS: &str = "tcp://127.0.0.1:8100";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8101";
+pub const DEFAULT_BACKEND: &str = backend_svc::DEFAULT_BUS;
+pub const DEFAULT_BACKEND_EVENTS: &str = backend_svc::DEFAULT_EVENTS;
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// Switchboard aggregator: composes responses for the web.
@@ -35,24 +37,109 @@ pub struct Args {
     /// Bus endpoint to bind (port 0 picks a free one)
     #[arg(long, env = "SWITCHBOARD_BUS", default_value = DEFAULT_BUS)]
     pub bus: String,
-    /// Admin listen address (/healthz, /readyz)
+    /// Admin listen address (/healthz, /readyz, /stats)
     #[arg(long, env = "SWITCHBOARD_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin: std::net::SocketAddr,
     /// Requests handled at once before new ones get 503
     #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT", default_value_t = bus::service::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// backend-svc bus endpoints, comma-separated
+    #[arg(long, env = "SWITCHBOARD_BACKEND", default_value = DEFAULT_BACKEND, value_delimiter = ',')]
+    pub backend: Vec<String>,
+    /// backend-svc event endpoints (kv.changed), comma-separated; used by the cache
+    #[arg(long, env = "SWITCHBOARD_BACKEND_EVENTS", default_value = DEFAULT_BACKEND_EVENTS, value_delimiter = ',')]
+    pub backend_events: Vec<String>,
+    /// Turn on the read cache (invalidated by kv.changed events)
+    #[arg(long, env = "SWITCHBOARD_CACHE")]
+    pub cache: bool,
+    /// Longest a cached value is served without being re-read (e.g. 10s)
+    #[arg(long, env = "SWITCHBOARD_CACHE_TTL", default_value = "10s", value_parser = svc_host::parse_duration)]
+    pub cache_ttl: Duration,
+    /// Most values the cache holds
+    #[arg(long, env = "SWITCHBOARD_CACHE_ENTRIES", default_value_t = cache::DEFAULT_MAX_ENTRIES)]
+    pub cache_entries: usize,
+    /// Keys per backend call when a multi-get fans out
+    #[arg(long, env = "SWITCHBOARD_MULTI_CHUNK", default_value_t = kv::DEFAULT_CHUNK)]
+    pub multi_chunk: usize,
 }
 
-/// The bus handler: routes on the HTTP path the terminator forwarded.
-pub async fn handle(req: Request, deadline: Instant) -> Reply {
-    let path = req.path.split('?').next().unwrap_or("");
-    match (req.method.as_str(), path) {
-        ("http", "/echo") => echo::echo(req, deadline).await,
-        ("http", _) => json_reply(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#),
-        _ => {
-            let mut r = json_reply(StatusCode::NOT_FOUND, r#"{"error":"unknown_method"}"#);
-            r.status = 404;
-            r
+impl Args {
+    /// Every problem with the arguments, not just the first.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Err(e) = bus::check_endpoint(&self.bus) {
+            p.push(format!("--bus: {e}"));
+        }
+        for (flag, eps) in [
+            ("--backend", &self.backend),
+            ("--backend-events", &self.backend_events),
+        ] {
+            for ep in eps {
+                if let Err(e) = bus::check_endpoint(ep) {
+                    p.push(format!("{flag}: {e}"));
+                }
+            }
+        }
+        if self.backend.is_empty() {
+            p.push("--backend: give at least one endpoint".into());
+        }
+        for (flag, v) in [
+            ("--max-in-flight", self.max_in_flight),
+            ("--cache-entries", self.cache_entries),
+            ("--multi-chunk", self.multi_chunk),
+        ] {
+            if v == 0 {
+                p.push(format!("{flag}: must be at least 1"));
+            }
+        }
+        if self.cache_ttl.is_zero() {
+            p.push("--cache-ttl: must be above 0".into());
+        }
+        p
+    }
+}
+
+/// The aggregator's state, shared by every request.
+pub struct App {
+    pub kv: kv::Kv,
+}
+
+impl App {
+    pub fn new(args: &Args) -> Result<App, bus::SetupError> {
+        let mut opts = ClientOptions::new(backend_svc::proto::SERVICE);
+        opts.endpoints = args.backend.clone();
+        let client = Arc::new(Client::connect(opts)?);
+        let cache = if args.cache {
+            Some(cache::Cache::new(
+                &args.backend_events,
+                args.cache_ttl,
+                args.cache_entries,
+            )?)
+        } else {
+            None
+        };
+        Ok(App {
+            kv: kv::Kv {
+                client,
+                cache,
+                chunk: args.multi_chunk,
+            },
+        })
+    }
+
+    /// The bus handler: routes on the HTTP path the terminator forwarded.
+    pub async fn handle(&self, req: Request, deadline: Instant) -> Reply {
+        if req.method.as_str() != "http" {
+            return json_reply(StatusCode::NOT_FOUND, r#"{"error":"unknown_method"}"#);
+        }
+        let full = req.path.clone();
+        let path = full.split('?').next().unwrap_or("");
+        if path == "/echo" {
+            echo::echo(req, deadline).await
+        } else if path == "/kv" || path.starts_with("/kv/") {
+            self.kv.handle(&req, &full, deadline).await
+        } else {
+            json_reply(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#)
         }
     }
 }
@@ -74,12 +161,24 @@ pub async fn run(
     grace: Duration,
     on_bound: impl FnOnce(&str),
 ) -> Result<(), bus::SetupError> {
+    let app = Arc::new(App::new(&args)?);
     let mut opts = ServiceOptions::new("aggregator", args.bus.clone());
     opts.max_in_flight = args.max_in_flight;
-    let svc = Service::bind(opts, handle)?;
+    let a = app.clone();
+    let svc = Service::bind(opts, move |req, deadline| {
+        let a = a.clone();
+        async move { a.handle(req, deadline).await }
+    })?;
     on_bound(svc.endpoint());
     let draining = Arc::new(AtomicBool::new(false));
-    let admin_task = tokio::spawn(serve_admin(admin, draining.clone()));
+    let admin_task = tokio::spawn(svc_host::admin::serve(
+        admin,
+        Arc::new(AdminPages {
+            app: app.clone(),
+            svc: svc.monitor(),
+            draining: draining.clone(),
+        }),
+    ));
     shutdown.await;
     draining.store(true, Ordering::SeqCst);
     svc.shutdown(grace).await;
@@ -87,49 +186,81 @@ pub async fn run(
     Ok(())
 }
 
-async fn serve_admin(listener: TcpListener, draining: Arc<AtomicBool>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let draining = draining.clone();
-        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let (status, body) = match req.uri().path() {
-                "/healthz" => (StatusCode::OK, "{\"status\":\"ok\"}"),
-                "/readyz" if draining.load(Ordering::SeqCst) => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"draining\"}")
-                }
-                "/readyz" => (StatusCode::OK, "{\"status\":\"ready\"}"),
-                _ => (StatusCode::NOT_FOUND, "{\"error\":\"not_found\"}"),
-            };
-            let mut r = http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-            *r.status_mut() = status;
-            async move { Ok::<_, std::convert::Infallible>(r) }
+struct AdminPages {
+    app: Arc<App>,
+    svc: bus::ServiceMonitor,
+    draining: Arc<AtomicBool>,
+}
+
+impl svc_host::admin::Admin for AdminPages {
+    fn ready(&self) -> (bool, String) {
+        if self.draining.load(Ordering::SeqCst) {
+            return (false, r#"{"status":"draining"}"#.into());
+        }
+        let backend_connected = self
+            .app
+            .kv
+            .client
+            .instances()
+            .iter()
+            .any(|i| i.is_connected());
+        let events_live = self.app.kv.cache.as_ref().map(|c| c.live());
+        let body = serde_json::json!({
+            "status": "ready",
+            "backend_connected": backend_connected,
+            "cache_events_live": events_live,
         });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+        // Ready even with the backend down: /echo still works, and /kv
+        // answers 503 at once rather than hanging.
+        (true, body.to_string())
+    }
+
+    fn page(&self, path: &str) -> Option<svc_host::admin::Page> {
+        if path != "/stats" {
+            return None;
+        }
+        let s = self.svc.stats();
+        let c = self.app.kv.client.stats();
+        let v = serde_json::json!({
+            "service": {
+                "in_flight": s.in_flight,
+                "received": s.received,
+                "replied": s.replied,
+                "expired_on_arrival": s.expired_on_arrival,
+                "expired_in_handler": s.expired_in_handler,
+                "overloaded": s.overloaded,
+                "malformed": s.malformed,
+                "handler_failures": s.handler_failures,
+            },
+            "backend": {
+                "calls": c.calls,
+                "replies": c.replies,
+                "timeouts": c.timeouts,
+                "no_instance": c.no_instance,
+                "overloaded": c.overloaded,
+                "disconnected": c.disconnected,
+                "protocol": c.protocol,
+                "late": c.late,
+                "unknown": c.unknown,
+                "pending": c.pending,
+            },
+            "cache": self.app.kv.cache.as_ref().map(|c| c.stats()),
         });
+        Some((StatusCode::OK, v.to_string()))
     }
 }
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = bus::check_endpoint(&args.bus) {
-        eprintln!("aggregator: --bus: {e}");
+    let problems = args.problems();
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("aggregator: {p}");
+        }
         return ExitCode::from(2);
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    svc_host::init_tracing();
+    let rt = match svc_host::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("aggregator: cannot start runtime: {e}");

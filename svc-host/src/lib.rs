@@ -5,8 +5,11 @@
 //!
 //! - [`admin`]: `/healthz`, `/readyz` and process-specific JSON pages.
 //! - [`init_tracing`], [`runtime`]: process setup shared by the binaries.
+//! - [`parse_duration`]: `250ms`, `2s`, `1m`, `1h` in flags, env and files.
 
 pub mod admin;
+
+use std::time::Duration;
 
 /// Logs to stderr, filtered by `SWITCHBOARD_LOG` (default `info`).
 pub fn init_tracing() {
@@ -23,4 +26,22 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
+}
+
+/// `250ms`, `2s`, `1m`, `1h`: durations in flags, env and config files.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{s}` has no unit (ms, s, m, h)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h)")),
+    };
+    Ok(d)
 }

@@ -197,22 +197,19 @@ impl svc_host::admin::Admin for AdminPages {
         if self.draining.load(Ordering::SeqCst) {
             return (false, r#"{"status":"draining"}"#.into());
         }
-        let backend_connected = self
-            .app
-            .kv
-            .client
-            .instances()
-            .iter()
-            .any(|i| i.is_connected());
+        let insts = self.app.kv.client.instances();
+        let backend_connected = insts.iter().filter(|i| i.is_connected()).count();
+        let reached = insts.iter().any(|i| i.ever_connected());
         let events_live = self.app.kv.cache.as_ref().map(|c| c.live());
+        let status = if reached { "ready" } else { "connecting" };
         let body = serde_json::json!({
-            "status": "ready",
+            "status": status,
             "backend_connected": backend_connected,
             "cache_events_live": events_live,
         });
-        // Ready even with the backend down: /echo still works, and /kv
-        // answers 503 at once rather than hanging.
-        (true, body.to_string())
+        // Ready once the backend has been reached: a backend that goes down
+        // later leaves /echo working and /kv answering 503 at once.
+        (reached, body.to_string())
     }
 
     fn page(&self, path: &str) -> Option<svc_host::admin::Page> {

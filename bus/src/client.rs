@@ -38,6 +38,9 @@ pub const DEFAULT_MAX_PENDING: usize = 65_536;
 pub const DEFAULT_SEND_QUEUE: usize = 16_384;
 /// Messages the socket thread moves per socket before looking at the others.
 const BATCH: usize = 256;
+/// How long a call waits for a newly added instance's first handshake
+/// before it reports `NoInstance`.
+pub const FIRST_CONNECT_WAIT: Duration = Duration::from_millis(250);
 /// How often connection state is re-read while it matters.
 const RECHECK_MS: i64 = 20;
 
@@ -74,6 +77,9 @@ pub struct Instance {
     id: u64,
     endpoint: String,
     connected: AtomicBool,
+    /// False until the first handshake completes; see [`FIRST_CONNECT_WAIT`].
+    ever_connected: AtomicBool,
+    added: std::time::Instant,
     outstanding: AtomicUsize,
 }
 
@@ -86,6 +92,10 @@ impl Instance {
     }
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
+    }
+    /// Whether a handshake with this instance ever completed.
+    pub fn ever_connected(&self) -> bool {
+        self.ever_connected.load(Ordering::Relaxed)
     }
 }
 
@@ -242,6 +252,8 @@ impl Client {
                     id: self.shared.next_instance.fetch_add(1, Ordering::Relaxed),
                     endpoint: ep.to_string(),
                     connected: AtomicBool::new(false),
+                    ever_connected: AtomicBool::new(false),
+                    added: std::time::Instant::now(),
                     outstanding: AtomicUsize::new(0),
                 });
                 let _ = ctrl.send(Ctrl::Add(inst.clone()));
@@ -339,6 +351,26 @@ impl Client {
         }
     }
 
+    /// No instance is connected, but one was added moments ago and has not
+    /// finished its first handshake: wait for it (a process that just
+    /// started, or an instance discovery just announced) rather than fail a
+    /// request that would succeed a millisecond later. An instance that was
+    /// connected before and is down now fails at once.
+    async fn await_first_connection(&self, deadline: Instant) -> Option<Arc<Instance>> {
+        let waiting = |insts: &[Arc<Instance>]| {
+            insts.iter().any(|i| {
+                !i.ever_connected.load(Ordering::Relaxed) && i.added.elapsed() < FIRST_CONNECT_WAIT
+            })
+        };
+        while waiting(&self.instances()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if let Some(i) = self.pick() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     /// Sends `req` to an instance and waits for its reply until `deadline`.
     ///
     /// `req.service` defaults to this client's service; the correlation id
@@ -353,10 +385,17 @@ impl Client {
             c.timeouts.fetch_add(1, Ordering::Relaxed);
             return Err(CallError::Timeout);
         }
-        let Some(inst) = self.pick() else {
-            c.no_instance.fetch_add(1, Ordering::Relaxed);
-            return Err(CallError::NoInstance(sh.service.clone()));
+        let inst = match self.pick() {
+            Some(i) => i,
+            None => match self.await_first_connection(deadline).await {
+                Some(i) => i,
+                None => {
+                    c.no_instance.fetch_add(1, Ordering::Relaxed);
+                    return Err(CallError::NoInstance(sh.service.clone()));
+                }
+            },
         };
+        let now = Instant::now();
         let Some((guard, rx)) = sh.table.insert(inst.id) else {
             c.overloaded.fetch_add(1, Ordering::Relaxed);
             return Err(CallError::Overloaded("pending call table full"));
@@ -628,6 +667,7 @@ impl Worker {
         let was = conn.inst.connected.load(Ordering::Relaxed);
         if writable && !was {
             conn.inst.connected.store(true, Ordering::Relaxed);
+            conn.inst.ever_connected.store(true, Ordering::Relaxed);
             tracing::debug!(service = %self.service, endpoint = %conn.inst.endpoint, "instance connected");
         } else if !writable && was && conn.inst.outstanding() < self.tuning.hwm.max(1) as usize {
             conn.inst.connected.store(false, Ordering::Relaxed);

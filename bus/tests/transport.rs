@@ -236,14 +236,37 @@ async fn removing_an_instance_fails_its_calls_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_instance_is_immediate() {
+async fn no_instance_is_immediate_after_the_first_connect_window() {
     let mut o = ClientOptions::new("nobody");
     o.endpoints = vec!["tcp://127.0.0.1:1".into()];
     let c = Client::connect(o).unwrap();
+    // A new instance gets FIRST_CONNECT_WAIT to finish its handshake...
+    let t = Instant::now();
+    let r = c.call(Request::new("nobody", "x"), in_secs(5)).await;
+    assert!(matches!(r, Err(CallError::NoInstance(_))), "{r:?}");
+    let first = t.elapsed();
+    assert!(
+        first >= bus::client::FIRST_CONNECT_WAIT - Duration::from_millis(20),
+        "{first:?}"
+    );
+    assert!(
+        first < bus::client::FIRST_CONNECT_WAIT + Duration::from_millis(150),
+        "{first:?}"
+    );
+    // ...and never more than once: then failure is immediate.
     let t = Instant::now();
     let r = c.call(Request::new("nobody", "x"), in_secs(5)).await;
     assert!(matches!(r, Err(CallError::NoInstance(_))), "{r:?}");
     assert!(t.elapsed() < Duration::from_millis(100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_right_after_start_waits_for_the_first_handshake() {
+    let svc = echo("echo", "tcp://127.0.0.1:0", 64);
+    let c = Client::connect(ClientOptions::new("echo").endpoint(svc.endpoint())).unwrap();
+    // No wait_connected: the first call must not fail with NoInstance.
+    let r = c.call(req("echo", "first", Bytes::new()), in_secs(5)).await;
+    assert!(r.is_ok(), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

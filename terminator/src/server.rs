@@ -126,17 +126,20 @@ fn admin_response(path: &str, edge: &Edge, draining: &AtomicBool) -> Response<Fu
     let (status, body) = match path {
         "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
         "/readyz" => {
+            // Ready once every route's service has been reached at least
+            // once: before that, requests would wait out the first-connect
+            // window or fail. A service that goes down later does not make
+            // the terminator unready (its other routes still work; the
+            // route answers 503 at once).
+            let mut all_reached = true;
             let services: serde_json::Map<String, serde_json::Value> = edge
                 .routes
                 .targets()
                 .iter()
                 .map(|t| {
-                    let live = t
-                        .client
-                        .instances()
-                        .iter()
-                        .filter(|i| i.is_connected())
-                        .count();
+                    let insts = t.client.instances();
+                    let live = insts.iter().filter(|i| i.is_connected()).count();
+                    all_reached &= insts.iter().any(|i| i.ever_connected());
                     (
                         t.prefix.clone() + "/",
                         serde_json::json!({"service": t.service.as_str(), "connected": live, "pending": t.client.pending_len()}),
@@ -147,6 +150,11 @@ fn admin_response(path: &str, edge: &Edge, draining: &AtomicBool) -> Response<Fu
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     serde_json::json!({"status": "draining", "routes": services}),
+                )
+            } else if !all_reached {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "connecting", "routes": services}),
                 )
             } else {
                 (

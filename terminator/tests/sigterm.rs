@@ -2,6 +2,7 @@
 //! flight all complete with 200, /readyz says 503 meanwhile, exit code 0.
 
 use bytes::Bytes;
+use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -23,11 +24,13 @@ impl Drop for Kill {
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let (ep_tx, ep_rx) = tokio::sync::oneshot::channel::<String>();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let args = aggregator::Args {
-        bus: "tcp://127.0.0.1:0".into(),
-        admin: admin.local_addr().unwrap(),
-        max_in_flight: 4096,
-    };
+    let args = aggregator::Args::parse_from([
+        "aggregator",
+        "--bus",
+        "tcp://127.0.0.1:0",
+        "--admin",
+        &admin.local_addr().unwrap().to_string(),
+    ]);
     tokio::spawn(aggregator::run(
         args,
         admin,

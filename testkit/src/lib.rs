@@ -1,0 +1,239 @@
+//! Test support for whole-stack tests: the workspace's real binaries run as
+//! child processes on port 0, and curl as the HTTP client.
+//!
+//! # Layout
+//!
+//! - [`bin`]: path to a workspace binary, built once per test process.
+//! - [`Proc`]: a child that printed its "listening" line; killed on drop.
+//! - [`curl`]: one HTTP request through the real curl.
+//! - [`wait_until`]: poll a condition with a bound (tests never sleep to
+//!   wait).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A workspace binary. The first call builds every binary of the workspace
+/// (a no-op when `cargo test --workspace` already did), so a test run of one
+/// package still finds the others.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "--workspace", "--bins", "--quiet"])
+            .status()
+            .expect("cannot run cargo");
+        assert!(st.success(), "cargo build --workspace --bins failed");
+    });
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built", p.display());
+    p
+}
+
+/// A running child process of the stack. Its first stdout line (the
+/// "NAME listening k=v ..." line every binary prints once bound) is parsed
+/// into [`Proc::addr`]; stderr goes to a file kept for failure messages.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    fields: HashMap<String, String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `name` with `args` and waits (at most 60 s) for its listening
+    /// line.
+    pub fn start(name: &str, args: &[&str]) -> Proc {
+        Self::start_env(name, args, &[])
+    }
+
+    pub fn start_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let log = std::env::temp_dir().join(format!(
+            "switchboard-test-{name}-{}-{}.log",
+            std::process::id(),
+            fastish_id()
+        ));
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .env("SWITCHBOARD_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep draining so the child never blocks on a full pipe.
+            let mut sink = Vec::new();
+            let _ = r.read_to_end(&mut sink);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) if l.contains("listening") => l,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("{name} did not start ({other:?}); stderr:\n{err}");
+            }
+        };
+        let fields = line
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            fields,
+            log,
+        }
+    }
+
+    /// A `key=value` field of the listening line (`bus`, `admin`, `http`...).
+    pub fn addr(&self, key: &str) -> String {
+        self.fields
+            .get(key)
+            .unwrap_or_else(|| panic!("{} printed no {key}= field", self.name))
+            .clone()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (at most `bound`) for the exit status.
+    pub fn terminate(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let until = Instant::now() + bound;
+        while Instant::now() < until {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// What the process wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn fastish_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A response as curl saw it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One request with curl (a real HTTP client, separate process). `body`
+/// is sent as is (binary safe) when given. Status 0: no HTTP response.
+pub fn curl(method: &str, url: &str, body: Option<&[u8]>) -> Response {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-S",
+        "--max-time",
+        "20",
+        "-X",
+        method,
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ]);
+    if body.is_some() {
+        cmd.args([
+            "--data-binary",
+            "@-",
+            "-H",
+            "content-type: application/octet-stream",
+        ]);
+    }
+    cmd.arg(url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("curl is installed (scripts/deps)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        if let Some(b) = body {
+            stdin.write_all(b).expect("write body to curl");
+        }
+    }
+    let out = child.wait_with_output().expect("curl output");
+    let mut raw = out.stdout;
+    let nl = raw.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let status = std::str::from_utf8(&raw[nl..])
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    raw.truncate(nl);
+    Response { status, body: raw }
+}
+
+/// Polls `f` every 10 ms until it is true or `bound` passes.
+pub fn wait_until(bound: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + bound;
+    loop {
+        if f() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {bound:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -8,6 +8,14 @@
 //! - [`curl`]: one HTTP request through the real curl.
 //! - [`wait_until`]: poll a condition with a bound (tests never sleep to
 //!   wait).
+//! - [`etcd`]: a real etcd server per test, and `etcdctl`.
+//! - [`proxy`]: a TCP proxy whose connections can be cut (a partition).
+
+pub mod etcd;
+pub mod proxy;
+
+pub use etcd::Etcd;
+pub use proxy::Proxy;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -224,16 +232,23 @@ pub fn curl(method: &str, url: &str, body: Option<&[u8]>) -> Response {
 }
 
 /// Polls `f` every 10 ms until it is true or `bound` passes.
-pub fn wait_until(bound: Duration, what: &str, mut f: impl FnMut() -> bool) {
+pub fn wait_until(bound: Duration, what: &str, f: impl FnMut() -> bool) {
+    assert!(
+        poll(bound, f),
+        "timed out after {bound:?} waiting for {what}"
+    );
+}
+
+/// Polls `f` every 10 ms; true as soon as it is, false once `bound` passed.
+pub fn poll(bound: Duration, mut f: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + bound;
     loop {
         if f() {
-            return;
+            return true;
         }
-        assert!(
-            Instant::now() < until,
-            "timed out after {bound:?} waiting for {what}"
-        );
+        if Instant::now() >= until {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }

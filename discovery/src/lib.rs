@@ -1,0 +1,101 @@
+//! Service discovery through etcd: instances register themselves under a
+//! lease, callers watch the registrations and apply changes live.
+//!
+//! ```text
+//! /switchboard/services/<service>/<instance-id> → Registration (JSON), leased
+//! ```
+//!
+//! etcd is never required: every process starts on its static or convention
+//! endpoints and joins etcd when it can (`--etcd` / `SWITCHBOARD_ETCD`). The
+//! etcd-client streams never reconnect on their own, so both tasks here own
+//! their reconnection: a dead keepalive or watch stream is noticed (gRPC
+//! HTTP/2 keepalive or the stream ending), the session is rebuilt, a lost
+//! lease is granted again and the key put again; the watcher resumes from
+//! the last revision it saw and re-lists only after a compaction.
+//!
+//! # Layout
+//!
+//! - [`registration`]: what an instance publishes, and the key layout.
+//! - [`registrar`]: [`Registrar`], keep one registration alive.
+//! - [`watcher`]: [`Watcher`], follow a prefix, with the current set handed
+//!   to a callback after each change.
+
+pub mod registrar;
+pub mod registration;
+pub mod watcher;
+
+pub use registrar::Registrar;
+pub use registration::Registration;
+pub use watcher::{Snapshot, Watcher};
+
+use std::time::Duration;
+
+/// Every registration lives under this prefix.
+pub const PREFIX: &str = "/switchboard/services/";
+/// Lease time to live: how long a crashed instance stays listed.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+/// How to reach etcd and how to hold a lease.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub ttl: Duration,
+    /// Keepalive period; TTL/3 unless set.
+    pub keepalive: Duration,
+}
+
+impl EtcdOptions {
+    pub fn new(endpoints: Vec<String>) -> EtcdOptions {
+        EtcdOptions {
+            endpoints,
+            ttl: DEFAULT_TTL,
+            keepalive: DEFAULT_TTL / 3,
+        }
+    }
+
+    /// Problems with the settings, for the caller's all-at-once report.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.endpoints.is_empty() {
+            p.push("--etcd: give at least one endpoint".into());
+        }
+        for e in &self.endpoints {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"))
+                .unwrap_or(e);
+            if !rest
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            {
+                p.push(format!(
+                    "--etcd: {e:?} is not host:port (or http://host:port)"
+                ));
+            }
+        }
+        if self.ttl < Duration::from_secs(2) {
+            p.push("--etcd-ttl: at least 2s (etcd leases count whole seconds)".into());
+        }
+        if self.keepalive.is_zero() || self.keepalive >= self.ttl {
+            p.push("--etcd-keepalive: above 0 and below the TTL".into());
+        }
+        p
+    }
+}
+
+pub(crate) async fn connect(opts: &EtcdOptions) -> Result<etcd_client::Client, etcd_client::Error> {
+    let co = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5))
+        // HTTP/2 pings notice a dead or partitioned etcd even while a
+        // watch stream is idle; the streams would otherwise wait forever.
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    etcd_client::Client::connect(&opts.endpoints, Some(co)).await
+}
+
+/// Back-off between reconnection attempts: quick at first, at most 2 s, so
+/// a returning etcd is rejoined within a couple of seconds.
+pub(crate) fn next_backoff(d: Duration) -> Duration {
+    (d * 2).clamp(Duration::from_millis(100), Duration::from_secs(2))
+}

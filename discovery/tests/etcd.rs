@@ -1,0 +1,220 @@
+//! The registrar and the watcher against a real etcd (started per test on
+//! free ports, killed on drop), outages and compactions included.
+
+use discovery::{EtcdOptions, Registrar, Registration, Snapshot, Watcher, PREFIX};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use testkit::{poll, wait_until, Etcd, Proxy};
+
+fn reg(service: &str, instance: &str) -> Registration {
+    Registration {
+        service: service.into(),
+        instance: instance.into(),
+        bus: format!("tcp://127.0.0.1:1/{instance}"),
+        events: None,
+        admin: "http://127.0.0.1:2".into(),
+        routes: vec!["/x".into()],
+        version: "test".into(),
+        started_at: 1,
+    }
+}
+
+fn opts(url: String) -> EtcdOptions {
+    let mut o = EtcdOptions::new(vec![url]);
+    o.ttl = Duration::from_secs(2);
+    o.keepalive = Duration::from_millis(500);
+    o
+}
+
+/// A watcher whose latest snapshot the test can read.
+fn watch(
+    rt: &tokio::runtime::Runtime,
+    o: EtcdOptions,
+    prefix: &str,
+) -> (Watcher, Arc<Mutex<Snapshot>>) {
+    let seen = Arc::new(Mutex::new(Snapshot::new()));
+    let s = seen.clone();
+    let _g = rt.enter();
+    let w = Watcher::start(o, prefix.into(), move |snap| {
+        *s.lock().unwrap() = snap.clone()
+    });
+    (w, seen)
+}
+
+fn instances(seen: &Mutex<Snapshot>) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .values()
+        .map(|r| r.instance.clone())
+        .collect()
+}
+
+#[test]
+fn registration_is_leased_and_revoked_on_deregister() {
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = {
+        let _g = rt.enter();
+        Registrar::start(opts(etcd.url()), reg("svc", "a"))
+    };
+    wait_until(Duration::from_secs(10), "registered", || r.registered());
+    let key = format!("{PREFIX}svc/a");
+    assert_eq!(etcd.keys(PREFIX), vec![key.clone()]);
+    // The value is the JSON the docs show, and it is attached to a lease.
+    let json = etcd.ctl(&["get", &key, "--print-value-only"]);
+    let back: Registration = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(back, reg("svc", "a"));
+    assert!(!etcd
+        .ctl(&["lease", "list"])
+        .lines()
+        .skip(1)
+        .all(|l| l.trim().is_empty()));
+    rt.block_on(r.deregister(Duration::from_secs(2)));
+    // Gone at once (revoked), not after the TTL.
+    assert!(etcd.keys(PREFIX).is_empty());
+}
+
+#[test]
+fn a_lost_lease_is_granted_again_and_the_key_put_again() {
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = {
+        let _g = rt.enter();
+        Registrar::start(opts(etcd.url()), reg("svc", "a"))
+    };
+    wait_until(Duration::from_secs(10), "registered", || r.registered());
+    // Revoke every lease behind the registrar's back: what etcd does when a
+    // partition outlasted the TTL.
+    let leases = etcd.ctl(&["lease", "list"]);
+    for id in leases.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        etcd.ctl(&["lease", "revoke", id.trim()]);
+    }
+    assert!(etcd.keys(PREFIX).is_empty());
+    wait_until(Duration::from_secs(10), "key written again", || {
+        etcd.keys(PREFIX) == vec![format!("{PREFIX}svc/a")]
+    });
+}
+
+#[test]
+fn registration_survives_an_etcd_outage() {
+    let mut etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = {
+        let _g = rt.enter();
+        Registrar::start(opts(etcd.url()), reg("svc", "a"))
+    };
+    wait_until(Duration::from_secs(10), "registered", || r.registered());
+    etcd.stop();
+    wait_until(Duration::from_secs(10), "outage noticed", || {
+        !r.registered()
+    });
+    // Longer than the TTL: the lease may expire while etcd is down.
+    std::thread::sleep(Duration::from_secs(3));
+    etcd.resume();
+    wait_until(Duration::from_secs(15), "registered again", || {
+        r.registered()
+    });
+    wait_until(Duration::from_secs(10), "key back", || {
+        etcd.keys(PREFIX) == vec![format!("{PREFIX}svc/a")]
+    });
+}
+
+#[test]
+fn watcher_lists_then_follows_and_keeps_the_set_through_an_outage() {
+    let mut etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Written before the watch: seen by the list.
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}svc/a"),
+        &serde_json::to_string(&reg("svc", "a")).unwrap(),
+    ]);
+    // Another service whose name starts the same: outside `svc/`.
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}svc2/z"),
+        &serde_json::to_string(&reg("svc2", "z")).unwrap(),
+    ]);
+    let (w, seen) = watch(&rt, opts(etcd.url()), &Registration::service_prefix("svc"));
+    wait_until(Duration::from_secs(10), "listed", || w.synced());
+    assert_eq!(instances(&seen), vec!["a"]);
+    // Written after: seen by the watch.
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}svc/b"),
+        &serde_json::to_string(&reg("svc", "b")).unwrap(),
+    ]);
+    wait_until(Duration::from_secs(5), "b seen", || {
+        instances(&seen) == ["a", "b"]
+    });
+    // A value that does not parse is ignored, and does not hide the others.
+    etcd.ctl(&["put", &format!("{PREFIX}svc/bad"), "{not json"]);
+    etcd.ctl(&["del", &format!("{PREFIX}svc/a")]);
+    wait_until(Duration::from_secs(5), "a gone", || {
+        instances(&seen) == ["b"]
+    });
+
+    etcd.stop();
+    wait_until(Duration::from_secs(10), "outage noticed", || !w.synced());
+    assert_eq!(instances(&seen), vec!["b"], "the last known set is kept");
+    etcd.resume();
+    wait_until(Duration::from_secs(15), "watch live again", || w.synced());
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}svc/c"),
+        &serde_json::to_string(&reg("svc", "c")).unwrap(),
+    ]);
+    wait_until(Duration::from_secs(5), "c seen", || {
+        instances(&seen) == ["b", "c"]
+    });
+    // Resumed from its revision: no re-list was needed.
+    assert_eq!(w.relists(), 1);
+}
+
+#[test]
+fn watcher_recovers_from_a_compaction_it_missed() {
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(etcd.url()[7..].parse().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let put = |i: &str| {
+        etcd.ctl(&[
+            "put",
+            &format!("{PREFIX}svc/{i}"),
+            &serde_json::to_string(&reg("svc", i)).unwrap(),
+        ]);
+    };
+    put("a");
+    put("b");
+    let (w, seen) = watch(&rt, opts(proxy.url()), &Registration::service_prefix("svc"));
+    wait_until(Duration::from_secs(10), "listed", || w.synced());
+    assert_eq!(instances(&seen), ["a", "b"]);
+
+    // Partition the watcher; meanwhile the set changes and history is
+    // compacted past the watcher's revision.
+    proxy.cut();
+    wait_until(Duration::from_secs(10), "partition noticed", || !w.synced());
+    etcd.ctl(&["del", &format!("{PREFIX}svc/a")]);
+    put("c");
+    put("d");
+    etcd.ctl(&["del", &format!("{PREFIX}svc/d")]);
+    let rev = etcd.revision();
+    etcd.ctl(&["compact", &rev.to_string()]);
+    proxy.heal();
+
+    wait_until(
+        Duration::from_secs(15),
+        "re-listed after compaction",
+        || w.relists() == 2,
+    );
+    wait_until(Duration::from_secs(5), "set correct", || {
+        instances(&seen) == ["b", "c"]
+    });
+    // And it follows changes again.
+    put("e");
+    assert!(
+        poll(Duration::from_secs(5), || instances(&seen)
+            == ["b", "c", "e"]),
+        "after recovery: {:?}",
+        instances(&seen)
+    );
+}

@@ -141,6 +141,9 @@ struct SendCmd {
 enum Ctrl {
     Add(Arc<Instance>),
     Remove(u64),
+    /// Removed while connected: no new calls, and the socket stays open
+    /// until the calls already sent have their replies (or their deadline).
+    Retire(u64),
     Shutdown,
 }
 
@@ -229,9 +232,12 @@ impl Client {
         &self.shared.service
     }
 
-    /// Replaces the set of instances. New endpoints are connected; removed
-    /// ones are closed and their pending calls fail with `Disconnected` at
-    /// once. Duplicates are ignored.
+    /// Replaces the set of instances. New endpoints are connected. A removed
+    /// instance takes no new call at once; if its connection is down, its
+    /// pending calls fail with `Disconnected` at once, and if it is up (an
+    /// instance that deregistered to drain), the calls already sent keep
+    /// their replies and the socket closes when the last one is answered or
+    /// times out. Duplicates are ignored.
     pub fn set_endpoints<S: AsRef<str>>(&self, endpoints: &[S]) -> Result<(), SetupError> {
         for ep in endpoints {
             socket::check_endpoint(ep.as_ref())?;
@@ -262,8 +268,12 @@ impl Client {
         }
         for old in current.iter() {
             if !next.iter().any(|i| i.id == old.id) {
-                old.connected.store(false, Ordering::Relaxed);
-                let _ = ctrl.send(Ctrl::Remove(old.id));
+                let live = old.connected.swap(false, Ordering::Relaxed);
+                let _ = ctrl.send(if live {
+                    Ctrl::Retire(old.id)
+                } else {
+                    Ctrl::Remove(old.id)
+                });
             }
         }
         *guard = Arc::new(next);
@@ -495,7 +505,13 @@ impl Drop for Outstanding {
 struct Conn {
     inst: Arc<Instance>,
     dealer: zmq::Socket,
+    /// Set when the instance was removed while calls were in flight.
+    retired: Option<std::time::Instant>,
 }
+
+/// A retired connection stays at least this long, so a call that picked
+/// the instance just before its removal still finds the socket.
+const RETIRE_MIN: Duration = Duration::from_millis(50);
 
 struct Worker {
     conns: Vec<Conn>,
@@ -521,6 +537,7 @@ impl Worker {
                 idle &= self.receive(i);
                 self.track_connection(i);
             }
+            self.close_drained();
             if idle {
                 self.sleep();
             }
@@ -540,6 +557,13 @@ impl Worker {
                     self.conns.retain(|c| c.inst.id != id);
                     self.table.fail_endpoint(id, CallError::Disconnected);
                 }
+                Ok(Ctrl::Retire(id)) => {
+                    for c in self.conns.iter_mut().filter(|c| c.inst.id == id) {
+                        c.retired = Some(std::time::Instant::now());
+                        // track_connection reads this flag as "was up".
+                        c.inst.connected.store(true, Ordering::Relaxed);
+                    }
+                }
                 Ok(Ctrl::Shutdown) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
             }
@@ -548,7 +572,11 @@ impl Worker {
 
     fn add(&mut self, inst: Arc<Instance>) {
         match self.open(&inst) {
-            Ok(dealer) => self.conns.push(Conn { inst, dealer }),
+            Ok(dealer) => self.conns.push(Conn {
+                inst,
+                dealer,
+                retired: None,
+            }),
             Err(e) => {
                 tracing::error!(service = %self.service, endpoint = %inst.endpoint, error = %e, "cannot connect")
             }
@@ -680,6 +708,24 @@ impl Worker {
         }
     }
 
+    /// Closes retired connections with nothing left in flight (or whose
+    /// connection dropped: track_connection has failed their calls then).
+    fn close_drained(&mut self) {
+        if self.conns.iter().all(|c| c.retired.is_none()) {
+            return;
+        }
+        let table = &self.table;
+        self.conns.retain(|c| {
+            let Some(at) = c.retired else { return true };
+            let up = c.inst.connected.load(Ordering::Relaxed);
+            if up && (c.inst.outstanding() > 0 || at.elapsed() < RETIRE_MIN) {
+                return true;
+            }
+            table.fail_endpoint(c.inst.id, CallError::Disconnected);
+            false
+        });
+    }
+
     fn sleep(&mut self) {
         self.waker.prepare_sleep();
         // Re-check after announcing the sleep: a producer that pushed before
@@ -704,7 +750,11 @@ impl Worker {
         // Connection changes raise no poll event: look again soon while an
         // instance is down (to take it back promptly) or calls are waiting
         // (to fail them promptly if their instance dies).
-        let watch = !self.table.is_empty() || self.conns.iter().any(|c| !c.inst.is_connected());
+        let watch = !self.table.is_empty()
+            || self
+                .conns
+                .iter()
+                .any(|c| !c.inst.is_connected() || c.retired.is_some());
         let _ = zmq::poll(&mut items, if watch { RECHECK_MS } else { 1000 });
         let woke = items[0].is_readable();
         drop(items);

@@ -211,7 +211,39 @@ async fn two_clients_two_services_replies_reach_their_sender() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removing_an_instance_fails_its_calls_at_once() {
+async fn a_removed_live_instance_takes_no_new_calls_and_finishes_the_sent_ones() {
+    let a = echo("a", "tcp://127.0.0.1:0", 64);
+    let b = echo("b", "tcp://127.0.0.1:0", 64);
+    let c = client(&[a.endpoint(), b.endpoint()]).await;
+    // Calls in flight on both instances.
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let c2 = c.clone();
+        calls.push(tokio::spawn(async move {
+            c2.call(req("sleep:300", &i.to_string(), Bytes::new()), in_secs(10))
+                .await
+        }));
+    }
+    let end = Instant::now() + WAIT;
+    while (a.in_flight() == 0 || b.in_flight() == 0) && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(a.in_flight() > 0, "a got no call");
+    // `a` deregistered (it is draining): remove it while its calls run.
+    c.set_endpoints(&[b.endpoint()]).unwrap();
+    for _ in 0..50 {
+        let r = c.call(req("echo", "n", Bytes::new()), in_secs(5)).await.unwrap();
+        assert_eq!(r.header("served-by").unwrap(), "b", "new calls go to b only");
+    }
+    for call in calls {
+        let r = call.await.unwrap();
+        assert!(r.is_ok(), "a call sent before the removal failed: {r:?}");
+    }
+    assert_eq!(c.pending_len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_instance_whose_connection_died_fails_its_calls_at_once() {
     let svc = echo("echo", "tcp://127.0.0.1:0", 64);
     let c = client(&[svc.endpoint()]).await;
     let c2 = c.clone();
@@ -226,6 +258,8 @@ async fn removing_an_instance_fails_its_calls_at_once() {
     while svc.in_flight() == 0 && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The instance goes away (a crash), then discovery removes it.
+    drop(svc);
     c.set_endpoints::<&str>(&[]).unwrap();
     let (r, took) = call.await.unwrap();
     assert_eq!(r.unwrap_err(), CallError::Disconnected);

@@ -61,6 +61,9 @@ pub struct Args {
     /// Keys per backend call when a multi-get fans out
     #[arg(long, env = "SWITCHBOARD_MULTI_CHUNK", default_value_t = kv::DEFAULT_CHUNK)]
     pub multi_chunk: usize,
+
+    #[command(flatten)]
+    pub discovery: discovery::EtcdArgs,
 }
 
 impl Args {
@@ -94,6 +97,9 @@ impl Args {
         }
         if self.cache_ttl.is_zero() {
             p.push("--cache-ttl: must be above 0".into());
+        }
+        if let Err(e) = self.discovery.options() {
+            p.extend(e);
         }
         p
     }
@@ -170,6 +176,25 @@ pub async fn run(
         async move { a.handle(req, deadline).await }
     })?;
     on_bound(svc.endpoint());
+    let etcd = args.discovery.options().ok().flatten();
+    let _backend_watch = etcd.clone().map(|o| watch_backend(o, app.clone(), &args));
+    let registrar = etcd.map(|o| {
+        let reg = discovery::Registration {
+            service: "aggregator".into(),
+            instance: discovery::registration::instance_id(),
+            bus: args.discovery.advertised_endpoint(svc.endpoint()),
+            events: None,
+            admin: admin
+                .local_addr()
+                .map(|a| args.discovery.advertised_url(a))
+                .unwrap_or_default(),
+            // The convention: the aggregator is the web-facing service.
+            routes: vec!["/".into()],
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: discovery::registration::now_unix(),
+        };
+        discovery::Registrar::start(o, reg)
+    });
     let draining = Arc::new(AtomicBool::new(false));
     let admin_task = tokio::spawn(svc_host::admin::serve(
         admin,
@@ -181,9 +206,48 @@ pub async fn run(
     ));
     shutdown.await;
     draining.store(true, Ordering::SeqCst);
+    if let Some(r) = registrar {
+        // Leave the registry first and keep serving while callers notice;
+        // only then refuse new work and drain.
+        r.deregister(Duration::from_secs(2)).await;
+        tokio::time::sleep(discovery::DEREGISTER_SETTLE).await;
+    }
     svc.shutdown(grace).await;
     admin_task.abort();
     Ok(())
+}
+
+/// Follows the `backend` registrations: the kv client and the cache's event
+/// subscriber use the registered instances, or the static `--backend` /
+/// `--backend-events` endpoints while none is registered.
+fn watch_backend(o: discovery::EtcdOptions, app: Arc<App>, args: &Args) -> discovery::Watcher {
+    let static_bus = args.backend.clone();
+    let static_events = args.backend_events.clone();
+    let prefix = discovery::Registration::service_prefix(backend_svc::proto::SERVICE);
+    discovery::Watcher::start(o, prefix, move |snap| {
+        let (bus, events): (Vec<String>, Vec<String>) = if snap.is_empty() {
+            (static_bus.clone(), static_events.clone())
+        } else {
+            (
+                snap.values().map(|r| r.bus.clone()).collect(),
+                snap.values().filter_map(|r| r.events.clone()).collect(),
+            )
+        };
+        tracing::info!(instances = snap.len(), endpoints = ?bus, "backend instances changed");
+        if let Err(e) = app.kv.client.set_endpoints(&bus) {
+            tracing::warn!(error = %e, "a registered backend endpoint is unusable; ignored");
+            let good: Vec<&String> = bus
+                .iter()
+                .filter(|e| bus::check_endpoint(e).is_ok())
+                .collect();
+            let _ = app.kv.client.set_endpoints(&good);
+        }
+        if let Some(c) = &app.kv.cache {
+            if let Err(e) = c.set_event_endpoints(&events) {
+                tracing::warn!(error = %e, "a registered events endpoint is unusable");
+            }
+        }
+    })
 }
 
 struct AdminPages {

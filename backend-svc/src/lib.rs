@@ -56,6 +56,9 @@ pub struct Args {
     /// Requests handled at once before new ones get 503
     #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT", default_value_t = bus::service::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+
+    #[command(flatten)]
+    pub discovery: discovery::EtcdArgs,
 }
 
 impl Args {
@@ -76,6 +79,9 @@ impl Args {
         }
         if self.max_in_flight == 0 {
             p.push("--max-in-flight: must be at least 1".into());
+        }
+        if let Err(e) = self.discovery.options() {
+            p.extend(e);
         }
         p
     }
@@ -124,6 +130,24 @@ pub async fn run(
         bus: svc.endpoint(),
         events: publisher.endpoint(),
     });
+    let registrar = args.discovery.options().ok().flatten().map(|o| {
+        let d = &args.discovery;
+        let reg = discovery::Registration {
+            service: proto::SERVICE.into(),
+            instance: discovery::registration::instance_id(),
+            bus: d.advertised_endpoint(svc.endpoint()),
+            events: Some(d.advertised_endpoint(publisher.endpoint())),
+            admin: admin
+                .local_addr()
+                .map(|a| d.advertised_url(a))
+                .unwrap_or_default(),
+            // Reached through the aggregator, never routed from HTTP.
+            routes: Vec::new(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: discovery::registration::now_unix(),
+        };
+        discovery::Registrar::start(o, reg)
+    });
     let draining = Arc::new(AtomicBool::new(false));
     let admin_task = tokio::spawn(svc_host::admin::serve(
         admin,
@@ -135,6 +159,12 @@ pub async fn run(
     ));
     shutdown.await;
     draining.store(true, Ordering::SeqCst);
+    if let Some(r) = registrar {
+        // Leave the registry first and keep serving while callers notice;
+        // only then refuse new work and drain.
+        r.deregister(Duration::from_secs(2)).await;
+        tokio::time::sleep(discovery::DEREGISTER_SETTLE).await;
+    }
     svc.shutdown(grace).await;
     admin_task.abort();
     let _ = admin_task.await;

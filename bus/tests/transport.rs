@@ -232,8 +232,15 @@ async fn a_removed_live_instance_takes_no_new_calls_and_finishes_the_sent_ones()
     // `a` deregistered (it is draining): remove it while its calls run.
     c.set_endpoints(&[b.endpoint()]).unwrap();
     for _ in 0..50 {
-        let r = c.call(req("echo", "n", Bytes::new()), in_secs(5)).await.unwrap();
-        assert_eq!(r.header("served-by").unwrap(), "b", "new calls go to b only");
+        let r = c
+            .call(req("echo", "n", Bytes::new()), in_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.header("served-by").unwrap(),
+            "b",
+            "new calls go to b only"
+        );
     }
     for call in calls {
         let r = call.await.unwrap();

@@ -15,15 +15,18 @@
 //!
 //! # Layout
 //!
+//! - [`args`]: the `--etcd*` / `--advertise` flags every process shares.
 //! - [`registration`]: what an instance publishes, and the key layout.
 //! - [`registrar`]: [`Registrar`], keep one registration alive.
 //! - [`watcher`]: [`Watcher`], follow a prefix, with the current set handed
 //!   to a callback after each change.
 
+pub mod args;
 pub mod registrar;
 pub mod registration;
 pub mod watcher;
 
+pub use args::{EtcdArgs, DEREGISTER_SETTLE};
 pub use registrar::Registrar;
 pub use registration::Registration;
 pub use watcher::{Snapshot, Watcher};

@@ -37,6 +37,22 @@ impl Registration {
 
 /// A unique, readable instance id: `<hostname>-<pid>-<random>`.
 pub fn instance_id() -> String {
+    let host = hostname();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        nanos.rotate_left(seq * 7) ^ seq
+    )
+}
+
+/// This machine's host name, reduced to characters safe in a key and a URL.
+pub fn hostname() -> String {
     let mut buf = [0u8; 64];
     // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
     let host =

@@ -45,6 +45,11 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub header_read_timeout: Duration,
     pub grace: Duration,
+    /// Whether `routes` were configured (flags or file) rather than the
+    /// built-in convention; configured routes beat registrations.
+    pub routes_explicit: bool,
+    /// etcd discovery; None keeps the static routes.
+    pub etcd: Option<discovery::EtcdOptions>,
 }
 
 impl Default for Settings {
@@ -64,6 +69,8 @@ impl Default for Settings {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             grace: DEFAULT_GRACE,
+            routes_explicit: false,
+            etcd: None,
         }
     }
 }
@@ -103,6 +110,8 @@ pub struct Args {
     /// Time in-flight requests get to finish on SIGTERM [default: 30s]
     #[arg(long, env = "SWITCHBOARD_GRACE")]
     pub grace: Option<String>,
+    #[command(flatten)]
+    pub discovery: discovery::EtcdArgs,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,6 +277,11 @@ impl Settings {
             e,
         );
         pick("grace", args.grace, file.grace, dur, &mut s.grace, e);
+        s.routes_explicit = !args.routes.is_empty() || !file.route.is_empty();
+        match args.discovery.options() {
+            Ok(o) => s.etcd = o,
+            Err(p) => errors.extend(p),
+        }
         let routes: Vec<Route> = if !args.routes.is_empty() {
             args.routes
                 .iter()

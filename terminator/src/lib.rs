@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! - [`config`]: settings, `DEFAULT_*` constants, flag/env/file layering.
-//! - [`routes`]: longest-prefix route table, one bus client per route.
+//! - [`routes`]: longest-prefix route table, swapped whole on change.
+//! - [`registry`]: routes from etcd registrations merged with static ones.
 //! - [`proxy`]: the request path (HTTP → bus → HTTP).
 //! - [`rescue`]: every failure cause and its one HTTP status.
 //! - [`request_id`]: accept or generate `x-request-id`.
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod proxy;
+pub mod registry;
 pub mod request_id;
 pub mod rescue;
 pub mod routes;

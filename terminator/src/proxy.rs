@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
 
 pub struct Edge {
-    pub routes: Routes,
+    pub routes: std::sync::Arc<Routes>,
     pub max_body: usize,
     pub max_header_bytes: usize,
     pub max_in_flight: usize,

@@ -1,48 +1,101 @@
-//! Longest-prefix route table, matched on whole path segments.
+//! Longest-prefix route table, matched on whole path segments, swapped
+//! whole when discovery changes it.
+//!
+//! The request path reads the table with one `ArcSwap::load` (no lock,
+//! no reference count held across the call) and keeps an `Arc<Target>`
+//! for the call, so a table replaced mid-request does not disturb it.
 
 use crate::config::Route;
+use arc_swap::ArcSwap;
 use bus::Client;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Target {
+    /// Without its trailing `/`; `""` is the root route.
     pub prefix: String,
     pub service: bus::Text,
     pub client: Client,
     pub timeout: Duration,
 }
 
-pub struct Routes {
+/// One version of the table.
+pub struct Table {
     /// Longest prefix first, so the first match wins.
-    targets: Vec<Target>,
+    targets: Vec<Arc<Target>>,
 }
 
-impl Routes {
-    /// One bus client per route. Routes naming the same service share its
-    /// instances' sockets only if given the same client; each route gets its
-    /// own here, which keeps per-route endpoint lists independent.
-    pub fn build(routes: &[Route], default_timeout: Duration) -> Result<Routes, bus::SetupError> {
-        let mut targets = Vec::with_capacity(routes.len());
-        for r in routes {
-            let mut o = bus::ClientOptions::new(r.service.clone());
-            o.endpoints = r.endpoints.clone();
-            targets.push(Target {
-                prefix: r.prefix.trim_end_matches('/').to_string(),
-                service: r.service.clone().into(),
-                client: Client::connect(o)?,
-                timeout: r.timeout.unwrap_or(default_timeout),
-            });
-        }
-        targets.sort_by_key(|t| std::cmp::Reverse(t.prefix.len()));
-        Ok(Routes { targets })
+impl Table {
+    pub fn new(mut targets: Vec<Arc<Target>>) -> Table {
+        targets.sort_by(|a, b| {
+            b.prefix
+                .len()
+                .cmp(&a.prefix.len())
+                .then(a.prefix.cmp(&b.prefix))
+        });
+        Table { targets }
     }
 
-    pub fn find(&self, path: &str) -> Option<&Target> {
+    pub fn find(&self, path: &str) -> Option<&Arc<Target>> {
         self.targets.iter().find(|t| matches(&t.prefix, path))
     }
 
-    pub fn targets(&self) -> &[Target] {
+    pub fn targets(&self) -> &[Arc<Target>] {
         &self.targets
     }
+}
+
+pub struct Routes {
+    table: ArcSwap<Table>,
+}
+
+impl Routes {
+    /// The static table: one bus client per configured route.
+    pub fn build(routes: &[Route], default_timeout: Duration) -> Result<Routes, bus::SetupError> {
+        let targets = static_targets(routes, default_timeout)?;
+        Ok(Routes {
+            table: ArcSwap::from_pointee(Table::new(targets)),
+        })
+    }
+
+    /// The target for `path`, held for the length of one request.
+    pub fn find(&self, path: &str) -> Option<Arc<Target>> {
+        self.table.load().find(path).cloned()
+    }
+
+    /// The table as it stands.
+    pub fn current(&self) -> Arc<Table> {
+        self.table.load_full()
+    }
+
+    pub fn replace(&self, table: Table) {
+        self.table.store(Arc::new(table));
+    }
+}
+
+/// One target per configured route, each with its own client.
+pub fn static_targets(
+    routes: &[Route],
+    default_timeout: Duration,
+) -> Result<Vec<Arc<Target>>, bus::SetupError> {
+    routes
+        .iter()
+        .map(|r| {
+            let mut o = bus::ClientOptions::new(r.service.clone());
+            o.endpoints = r.endpoints.clone();
+            Ok(Arc::new(Target {
+                prefix: normalize(&r.prefix),
+                service: r.service.clone().into(),
+                client: Client::connect(o)?,
+                timeout: r.timeout.unwrap_or(default_timeout),
+            }))
+        })
+        .collect()
+}
+
+/// `/api/` and `/api` are the same route; `/` is the root, stored as `""`.
+pub fn normalize(prefix: &str) -> String {
+    prefix.trim_end_matches('/').to_string()
 }
 
 /// `prefix` is stored without a trailing `/`; `""` is the root route.

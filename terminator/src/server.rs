@@ -2,6 +2,7 @@
 
 use crate::config::Settings;
 use crate::proxy::{self, Edge};
+use crate::registry;
 use crate::routes::Routes;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -31,7 +32,18 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let routes = Routes::build(&settings.routes, settings.timeout)?;
+    let routes = Arc::new(Routes::build(&settings.routes, settings.timeout)?);
+    let _watch = settings.etcd.clone().map(|o| {
+        let mut follower = registry::Follower::new(
+            settings.routes.clone(),
+            settings.routes_explicit,
+            settings.timeout,
+            routes.clone(),
+        );
+        discovery::Watcher::start(o, discovery::PREFIX.into(), move |snap| {
+            follower.apply(snap)
+        })
+    });
     let edge = Arc::new(Edge {
         routes,
         max_body: settings.max_body,
@@ -132,8 +144,8 @@ fn admin_response(path: &str, edge: &Edge, draining: &AtomicBool) -> Response<Fu
             // the terminator unready (its other routes still work; the
             // route answers 503 at once).
             let mut all_reached = true;
-            let services: serde_json::Map<String, serde_json::Value> = edge
-                .routes
+            let table = edge.routes.current();
+            let services: serde_json::Map<String, serde_json::Value> = table
                 .targets()
                 .iter()
                 .map(|t| {
@@ -142,7 +154,7 @@ fn admin_response(path: &str, edge: &Edge, draining: &AtomicBool) -> Response<Fu
                     all_reached &= insts.iter().any(|i| i.ever_connected());
                     (
                         t.prefix.clone() + "/",
-                        serde_json::json!({"service": t.service.as_str(), "connected": live, "pending": t.client.pending_len()}),
+                        serde_json::json!({"service": t.service.as_str(), "instances": insts.len(), "connected": live, "pending": t.client.pending_len()}),
                     )
                 })
                 .collect();

@@ -252,3 +252,49 @@ pub fn poll(bound: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Many GETs through one curl process (one keep-alive connection, one
+/// after another): status and total time of each, in order. Status 0: no
+/// HTTP response.
+pub fn curl_many(urls: &[String]) -> Vec<(u16, Duration)> {
+    use std::io::Write;
+    let cfg = std::env::temp_dir().join(format!(
+        "switchboard-curl-{}-{}.cfg",
+        std::process::id(),
+        fastish_id()
+    ));
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&cfg).expect("curl config"));
+        for u in urls {
+            writeln!(f, "url = \"{u}\"\noutput = \"/dev/null\"").expect("write curl config");
+        }
+    }
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "20",
+            "-w",
+            "%{http_code} %{time_total}\n",
+            "--config",
+        ])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl is installed (scripts/deps)");
+    let _ = std::fs::remove_file(&cfg);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r: Vec<(u16, Duration)> = text
+        .lines()
+        .filter_map(|l| {
+            let (code, secs) = l.split_once(' ')?;
+            Some((
+                code.parse().ok()?,
+                Duration::from_secs_f64(secs.parse().ok()?),
+            ))
+        })
+        .collect();
+    // A transfer curl could not even start still counts, as a failure.
+    r.resize(urls.len(), (0, Duration::ZERO));
+    r
+}

@@ -1,0 +1,180 @@
+//! The discovery flags every process shares (`#[command(flatten)]`), and
+//! the advertised form of a bound address.
+//!
+//! Values stay strings until [`EtcdArgs::options`], so that every bad value
+//! is reported together with the process's other problems.
+
+use crate::EtcdOptions;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated (http://HOST:PORT); discovery is off
+    /// without them and static config / conventions apply
+    #[arg(long, env = "SWITCHBOARD_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Lease time to live: how long a crashed instance stays listed [default: 10s]
+    #[arg(long = "etcd-ttl", env = "SWITCHBOARD_ETCD_TTL")]
+    pub etcd_ttl: Option<String>,
+    /// Lease keepalive period [default: TTL/3]
+    #[arg(long = "etcd-keepalive", env = "SWITCHBOARD_ETCD_KEEPALIVE")]
+    pub etcd_keepalive: Option<String>,
+    /// Host written into registered endpoints [default: the bind address;
+    /// the hostname when binding 0.0.0.0 or ::]
+    #[arg(long, env = "SWITCHBOARD_ADVERTISE")]
+    pub advertise: Option<String>,
+}
+
+impl EtcdArgs {
+    /// The etcd settings (None: discovery off), or every problem found.
+    pub fn options(&self) -> Result<Option<EtcdOptions>, Vec<String>> {
+        let mut problems = Vec::new();
+        let dur = |flag: &str, v: &Option<String>, problems: &mut Vec<String>| {
+            v.as_deref()
+                .and_then(|s| match svc_host::parse_duration(s) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        problems.push(format!("{flag}: {e}"));
+                        None
+                    }
+                })
+        };
+        let ttl = dur("--etcd-ttl", &self.etcd_ttl, &mut problems);
+        let keepalive = dur("--etcd-keepalive", &self.etcd_keepalive, &mut problems);
+        if let Some(h) = &self.advertise {
+            if h.is_empty() || h.contains(['/', ' ']) || h.contains("://") {
+                problems.push(format!("--advertise: {h:?} is not a host name or address"));
+            }
+        }
+        let etcd: Vec<String> = self
+            .etcd
+            .iter()
+            .filter(|e| !e.is_empty())
+            .cloned()
+            .collect();
+        if etcd.is_empty() {
+            if (self.etcd_ttl.is_some() || self.etcd_keepalive.is_some()) && problems.is_empty() {
+                tracing::warn!("--etcd-ttl/--etcd-keepalive given without --etcd; ignored");
+            }
+            return if problems.is_empty() {
+                Ok(None)
+            } else {
+                Err(problems)
+            };
+        }
+        let mut o = EtcdOptions::new(etcd);
+        if let Some(t) = ttl {
+            o.ttl = t;
+            o.keepalive = t / 3;
+        }
+        if let Some(k) = keepalive {
+            o.keepalive = k;
+        }
+        problems.extend(o.problems());
+        if problems.is_empty() {
+            Ok(Some(o))
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The host others should use to reach an address bound here.
+    pub fn advertised_host(&self, bound_host: &str) -> String {
+        if let Some(h) = &self.advertise {
+            return h.clone();
+        }
+        match bound_host {
+            "0.0.0.0" | "*" | "::" | "[::]" => crate::registration::hostname(),
+            h => h.to_string(),
+        }
+    }
+
+    /// `tcp://HOST:PORT` as bound → as others should dial it.
+    pub fn advertised_endpoint(&self, bound: &str) -> String {
+        let Some(rest) = bound.strip_prefix("tcp://") else {
+            return bound.to_string();
+        };
+        match rest.rsplit_once(':') {
+            Some((host, port)) => format!("tcp://{}:{port}", self.advertised_host(host)),
+            None => bound.to_string(),
+        }
+    }
+
+    /// An admin listener's address as a base URL others can use.
+    pub fn advertised_url(&self, bound: SocketAddr) -> String {
+        let host = self.advertised_host(&bound.ip().to_string());
+        if host.contains(':') {
+            format!("http://[{host}]:{}", bound.port())
+        } else {
+            format!("http://{host}:{}", bound.port())
+        }
+    }
+}
+
+/// After deregistering, an instance keeps serving this long before it
+/// refuses new work: the time watchers need to see the delete and stop
+/// sending. Loopback and a LAN take milliseconds; this leaves room.
+pub const DEREGISTER_SETTLE: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_are_all_reported() {
+        let a = EtcdArgs {
+            etcd: vec!["nohostport".into()],
+            etcd_ttl: Some("ten".into()),
+            etcd_keepalive: Some("1s".into()),
+            advertise: Some("tcp://x".into()),
+        };
+        let p = a.options().unwrap_err();
+        assert_eq!(p.len(), 3, "{p:#?}");
+        let a = EtcdArgs {
+            etcd: vec!["http://127.0.0.1:2379".into()],
+            etcd_ttl: Some("3s".into()),
+            etcd_keepalive: Some("5s".into()),
+            advertise: None,
+        };
+        assert_eq!(a.options().unwrap_err().len(), 1, "keepalive above TTL");
+    }
+
+    #[test]
+    fn off_without_endpoints_and_keepalive_follows_ttl() {
+        assert!(EtcdArgs::default().options().unwrap().is_none());
+        let a = EtcdArgs {
+            etcd: vec!["127.0.0.1:2379".into()],
+            etcd_ttl: Some("6s".into()),
+            ..EtcdArgs::default()
+        };
+        let o = a.options().unwrap().unwrap();
+        assert_eq!(
+            (o.ttl, o.keepalive),
+            (Duration::from_secs(6), Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn advertised_addresses() {
+        let a = EtcdArgs::default();
+        assert_eq!(
+            a.advertised_endpoint("tcp://127.0.0.1:4567"),
+            "tcp://127.0.0.1:4567"
+        );
+        let any = a.advertised_endpoint("tcp://0.0.0.0:4567");
+        assert!(!any.contains("0.0.0.0") && any.ends_with(":4567"), "{any}");
+        let a = EtcdArgs {
+            advertise: Some("agg-1.internal".into()),
+            ..EtcdArgs::default()
+        };
+        assert_eq!(
+            a.advertised_endpoint("tcp://0.0.0.0:8100"),
+            "tcp://agg-1.internal:8100"
+        );
+        assert_eq!(
+            a.advertised_url("0.0.0.0:8101".parse().unwrap()),
+            "http://agg-1.internal:8101"
+        );
+    }
+}

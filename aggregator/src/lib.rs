@@ -62,6 +62,10 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_MULTI_CHUNK", default_value_t = kv::DEFAULT_CHUNK)]
     pub multi_chunk: usize,
 
+    /// Time in-flight requests get to finish on SIGTERM
+    #[arg(long, env = "SWITCHBOARD_GRACE", default_value = "30s", value_parser = svc_host::parse_duration)]
+    pub grace: Duration,
+
     #[command(flatten)]
     pub discovery: discovery::EtcdArgs,
 }
@@ -328,6 +332,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let grace = args.grace;
     rt.block_on(async move {
         let admin = match TcpListener::bind(args.admin).await {
             Ok(l) => l,
@@ -340,7 +345,7 @@ pub fn main() -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let r = run(args, admin, bus::signal::shutdown(), DEFAULT_GRACE, |ep| {
+        let r = run(args, admin, bus::signal::shutdown(), grace, |ep| {
             println!("aggregator listening bus={ep} admin=http://{admin_addr}");
         })
         .await;

@@ -57,6 +57,10 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT", default_value_t = bus::service::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
 
+    /// Time in-flight requests get to finish on SIGTERM
+    #[arg(long, env = "SWITCHBOARD_GRACE", default_value = "30s", value_parser = svc_host::parse_duration)]
+    pub grace: Duration,
+
     #[command(flatten)]
     pub discovery: discovery::EtcdArgs,
 }
@@ -245,6 +249,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let grace = args.grace;
     rt.block_on(async move {
         let admin = match TcpListener::bind(args.admin).await {
             Ok(l) => l,
@@ -258,7 +263,7 @@ pub fn main() -> ExitCode {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let data_dir = args.data_dir.display().to_string();
-        let r = run(args, admin, bus::signal::shutdown(), DEFAULT_GRACE, |b| {
+        let r = run(args, admin, bus::signal::shutdown(), grace, |b| {
             println!(
                 "backend-svc listening bus={} events={} admin=http://{admin_addr} data={data_dir}",
                 b.bus, b.events

@@ -42,6 +42,11 @@ pub struct Args {
     #[arg(long)]
     pub h2: bool,
 
+    /// HTTP/1.1 through hyper's client instead of the built-in lean one
+    /// (slower; to cross-check)
+    #[arg(long, conflicts_with = "h2")]
+    pub hyper: bool,
+
     /// HTTP/2 only: concurrent streams per connection
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub streams: u32,

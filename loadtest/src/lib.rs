@@ -13,6 +13,7 @@
 //! - [`target`]: the URL and its `{i}` key pattern; builds each request.
 //! - [`schedule`]: due instants (open/closed loop) and the send loop.
 //! - [`worker`]: worker threads, connections (HTTP/1.1, h2c), recording.
+//! - [`h1`]: the lean HTTP/1.1 client connection used on the hot path.
 //! - [`stats`]: per-worker counts: histograms, statuses, failures.
 //! - [`histo`]: HDR histogram helpers, percentiles, `.hgrm` text.
 //! - [`run`]: one measured window: start, per-second lines, merge.
@@ -21,6 +22,7 @@
 //! - [`server_stats`]: `--server-stats`: the server's histograms.
 
 pub mod args;
+pub mod h1;
 pub mod histo;
 pub mod report;
 pub mod run;
@@ -79,6 +81,7 @@ impl Setup {
         let template = target::Template::new(
             &a.url,
             a.h2,
+            !a.hyper,
             a.method.clone(),
             &a.headers,
             self.body.clone(),
@@ -90,6 +93,7 @@ impl Setup {
             addr: self.addr,
             template,
             h2: a.h2,
+            lean_h1: !a.hyper,
             connections: a.connections,
             streams: if a.h2 { a.streams } else { 1 },
             threads: self.threads,

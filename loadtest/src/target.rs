@@ -111,8 +111,17 @@ pub struct Template {
     headers: HeaderMap,
     body: Bytes,
     uris: Uris,
+    /// The lean HTTP/1.1 client's requests, serialized (see [`crate::h1`]).
+    raw: Option<Raw>,
     keys: (u64, u64),
     order: KeyOrder,
+}
+
+enum Raw {
+    /// One per key (or a single one without keys).
+    Prebuilt(Vec<Bytes>),
+    /// Too many keys to keep: serialized per request into a reused buffer.
+    Formatted(Target),
 }
 
 enum Uris {
@@ -129,6 +138,7 @@ impl Template {
     pub fn new(
         target: &Target,
         h2: bool,
+        lean_h1: bool,
         method: Method,
         extra: &[(http::HeaderName, HeaderValue)],
         body: Bytes,
@@ -182,11 +192,24 @@ impl Template {
                 target: target.clone(),
             }
         };
+        let raw = (lean_h1 && !h2).then(|| {
+            let ser = |pq: &str| {
+                let mut out = Vec::new();
+                crate::h1::serialize(&method, pq, target.authority.as_str(), &headers, &body, &mut out);
+                Bytes::from(out)
+            };
+            match &uris {
+                Uris::Formatted { .. } => Raw::Formatted(target.clone()),
+                _ if !target.has_key() => Raw::Prebuilt(vec![ser(&target.pieces[0])]),
+                _ => Raw::Prebuilt((keys.0..keys.1).map(|k| ser(&target.path_for(k))).collect()),
+            }
+        });
         Ok(Template {
             method,
             headers,
             body,
             uris,
+            raw,
             keys,
             order,
         })
@@ -201,6 +224,33 @@ impl Template {
             step: users % n,
             n,
         }
+    }
+
+    /// The next serialized request for the lean HTTP/1.1 client; `scratch`
+    /// is used only when requests are formatted per key.
+    pub fn h1_request<'a>(&'a self, cur: &mut KeyCursor, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        match &self.raw {
+            Some(Raw::Prebuilt(v)) if v.len() == 1 => &v[0],
+            Some(Raw::Prebuilt(v)) => &v[cur.next(self.order) as usize],
+            Some(Raw::Formatted(target)) => {
+                let k = self.keys.0 + cur.next(self.order);
+                crate::h1::serialize(
+                    &self.method,
+                    &target.path_for(k),
+                    target.authority.as_str(),
+                    &self.headers,
+                    &self.body,
+                    scratch,
+                );
+                scratch
+            }
+            None => unreachable!("h1_request on a template built for hyper"),
+        }
+    }
+
+    /// HEAD responses have no body, whatever their headers say.
+    pub fn is_head(&self) -> bool {
+        self.method == Method::HEAD
     }
 
     pub fn request(&self, cur: &mut KeyCursor) -> Request<Full<Bytes>> {
@@ -276,6 +326,7 @@ mod tests {
         let tpl = Template::new(
             &t,
             false,
+            true,
             Method::GET,
             &[],
             Bytes::new(),
@@ -289,10 +340,14 @@ mod tests {
             .collect();
         assert_eq!(got, ["/k10", "/k11", "/k12", "/k10"]);
         assert_eq!(tpl.request(&mut c).headers()["host"], "h:1");
+        let mut scratch = Vec::new();
+        let raw = tpl.h1_request(&mut c, &mut scratch);
+        assert_eq!(raw, b"GET /k12 HTTP/1.1\r\nhost: h:1\r\n\r\n");
 
         let big = Template::new(
             &t,
             true,
+            false,
             Method::GET,
             &[],
             Bytes::new(),

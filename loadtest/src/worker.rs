@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::h1;
 use crate::schedule::{drive, Exchange, Outcome, Pacer};
 use crate::stats::Stats;
 use crate::target::{KeyCursor, Template};
@@ -29,6 +30,8 @@ pub struct Plan {
     pub addr: SocketAddr,
     pub template: Template,
     pub h2: bool,
+    /// HTTP/1.1 through [`h1`] (else hyper's client).
+    pub lean_h1: bool,
     pub connections: u32,
     /// h2: users per connection (1 for HTTP/1.1).
     pub streams: u32,
@@ -191,25 +194,33 @@ async fn connect_tcp(plan: &Plan) -> Option<TcpStream> {
     Some(s)
 }
 
-// ---- HTTP/1.1: one connection per user, driven inline -------------------
+// ---- HTTP/1.1: one connection per user ---------------------------------
 
-type H1Connection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
-
-struct H1Conn {
-    sender: http1::SendRequest<Full<Bytes>>,
-    /// Polled inside the user's own task instead of a spawned one: one task
-    /// per connection saves a wakeup and a context switch per request.
-    /// `None` once it finished (dropping it fails any pending request).
-    conn: Option<Pin<Box<H1Connection>>>,
+/// A user's HTTP/1.1 connection: the lean client (default) or hyper's.
+enum H1Conn {
+    Lean(h1::Conn),
+    Hyper {
+        sender: http1::SendRequest<Full<Bytes>>,
+        /// Polled inside the user's own task instead of a spawned one: one
+        /// task per connection saves a wakeup and a context switch per
+        /// request. `None` once finished (dropping it fails what is pending).
+        conn: Option<Pin<Box<HyperH1Connection>>>,
+    },
 }
 
+type HyperH1Connection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
 async fn connect_h1(plan: &Plan) -> Option<H1Conn> {
+    if plan.lean_h1 {
+        let c = tokio::time::timeout(plan.timeout, h1::Conn::connect(plan.addr));
+        return c.await.ok()?.ok().map(H1Conn::Lean);
+    }
     let s = connect_tcp(plan).await?;
     let (sender, conn) = tokio::time::timeout(plan.timeout, http1::handshake(TokioIo::new(s)))
         .await
         .ok()?
         .ok()?;
-    Some(H1Conn {
+    Some(H1Conn::Hyper {
         sender,
         conn: Some(Box::pin(conn)),
     })
@@ -219,35 +230,62 @@ struct H1Exchange<'a> {
     c: H1Conn,
     plan: &'a Plan,
     keys: KeyCursor,
+    /// Where per-key requests are serialized when there are too many keys
+    /// to keep them all.
+    scratch: Vec<u8>,
     /// Responses on this connection: a connection that dies before its
     /// first one counts as a connect error (and backs off).
     served: u64,
+    /// The last response allowed another request on this connection.
+    reusable: bool,
 }
 
 impl Exchange for H1Exchange<'_> {
     async fn exchange(&mut self) -> Outcome {
-        let req = self.plan.template.request(&mut self.keys);
-        let H1Conn { sender, conn } = &mut self.c;
-        let work = tokio::time::timeout(self.plan.timeout, async {
-            if sender.ready().await.is_err() {
-                return Outcome::Closed;
-            }
-            let Ok(resp) = sender.send_request(req).await else {
-                return Outcome::Io;
-            };
-            read_response(resp).await
-        });
-        let mut work = pin!(work);
-        let out = poll_fn(|cx| {
-            if let Some(c) = conn {
-                if c.as_mut().poll(cx).is_ready() {
-                    *conn = None;
+        if !self.reusable {
+            return Outcome::Closed; // the server said `connection: close`
+        }
+        let plan = self.plan;
+        let out = match &mut self.c {
+            H1Conn::Lean(conn) => {
+                let req = plan.template.h1_request(&mut self.keys, &mut self.scratch);
+                let work = conn.exchange(req, plan.template.is_head());
+                match tokio::time::timeout(plan.timeout, work).await {
+                    Err(_) => Outcome::Timeout,
+                    Ok(Ok(r)) => {
+                        self.reusable = r.reusable;
+                        Outcome::Status(r.status)
+                    }
+                    // The idle close of a kept-alive connection (or a fresh
+                    // one refused): send again on a new connection.
+                    Ok(Err(h1::Error::ClosedBeforeResponse)) => Outcome::Closed,
+                    Ok(Err(_)) => Outcome::Io,
                 }
             }
-            work.as_mut().poll(cx)
-        })
-        .await
-        .unwrap_or(Outcome::Timeout);
+            H1Conn::Hyper { sender, conn } => {
+                let req = plan.template.request(&mut self.keys);
+                let work = tokio::time::timeout(plan.timeout, async {
+                    if sender.ready().await.is_err() {
+                        return Outcome::Closed;
+                    }
+                    let Ok(resp) = sender.send_request(req).await else {
+                        return Outcome::Io;
+                    };
+                    read_response(resp).await
+                });
+                let mut work = pin!(work);
+                poll_fn(|cx| {
+                    if let Some(c) = conn {
+                        if c.as_mut().poll(cx).is_ready() {
+                            *conn = None;
+                        }
+                    }
+                    work.as_mut().poll(cx)
+                })
+                .await
+                .unwrap_or(Outcome::Timeout)
+            }
+        };
         if let Outcome::Status(_) = out {
             self.served += 1;
         }
@@ -291,7 +329,9 @@ async fn h1_user(plan: Arc<Plan>, user: u64, mut pre: Option<H1Conn>, start: Ins
             c,
             plan: &plan,
             keys,
+            scratch: Vec::new(),
             served: 0,
+            reusable: true,
         };
         let finished = drive(&mut pacer, &mut ex, &mut |s| {
             STATS.with(|st| st.borrow_mut().record(&s))

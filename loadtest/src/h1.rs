@@ -218,7 +218,10 @@ impl Conn {
                 // Trailer lines up to an empty one.
                 loop {
                     let line = loop {
-                        match self.buf[self.start..self.end].windows(2).position(|w| w == b"\r\n") {
+                        match self.buf[self.start..self.end]
+                            .windows(2)
+                            .position(|w| w == b"\r\n")
+                        {
                             Some(p) => break p,
                             None => self.more("chunk trailer").await?,
                         }
@@ -283,7 +286,10 @@ pub fn serialize(
         out.extend_from_slice(b"\r\n");
     }
     let wants_length = !body.is_empty()
-        || matches!(*method, http::Method::POST | http::Method::PUT | http::Method::PATCH);
+        || matches!(
+            *method,
+            http::Method::POST | http::Method::PUT | http::Method::PATCH
+        );
     if wants_length
         && !headers.contains_key(http::header::CONTENT_LENGTH)
         && !headers.contains_key(http::header::TRANSFER_ENCODING)
@@ -337,7 +343,10 @@ mod tests {
         assert_eq!(c.exchange(req, false).await.unwrap(), ok(503, true));
         assert_eq!(c.exchange(req, false).await.unwrap(), ok(204, true));
         assert_eq!(c.exchange(req, false).await.unwrap(), ok(504, false));
-        assert!(matches!(c.exchange(req, false).await, Err(Error::ClosedBeforeResponse | Error::Io(_))));
+        assert!(matches!(
+            c.exchange(req, false).await,
+            Err(Error::ClosedBeforeResponse | Error::Io(_))
+        ));
     }
 
     #[tokio::test]
@@ -345,11 +354,20 @@ mod tests {
         let addr = canned(vec![b"HTTP/1.0 200 OK\r\n\r\nall of it"]).await;
         let mut c = Conn::connect(addr).await.unwrap();
         let r = c.exchange(b"GET / HTTP/1.1\r\n\r\n", false).await.unwrap();
-        assert_eq!(r, Response { status: 200, reusable: false });
+        assert_eq!(
+            r,
+            Response {
+                status: 200,
+                reusable: false
+            }
+        );
 
         let addr = canned(vec![b"NOT HTTP AT ALL\r\n\r\n"]).await;
         let mut c = Conn::connect(addr).await.unwrap();
-        assert!(matches!(c.exchange(b"GET / HTTP/1.1\r\n\r\n", false).await, Err(Error::Protocol(_))));
+        assert!(matches!(
+            c.exchange(b"GET / HTTP/1.1\r\n\r\n", false).await,
+            Err(Error::Protocol(_))
+        ));
     }
 
     #[test]
@@ -358,8 +376,18 @@ mod tests {
         h.insert("x-a", "1".parse().unwrap());
         let mut out = Vec::new();
         serialize(&http::Method::POST, "/k1?x", "h:1", &h, b"hi", &mut out);
-        assert_eq!(out, b"POST /k1?x HTTP/1.1\r\nhost: h:1\r\nx-a: 1\r\ncontent-length: 2\r\n\r\nhi");
-        serialize(&http::Method::GET, "/", "h", &http::HeaderMap::new(), b"", &mut out);
+        assert_eq!(
+            out,
+            b"POST /k1?x HTTP/1.1\r\nhost: h:1\r\nx-a: 1\r\ncontent-length: 2\r\n\r\nhi"
+        );
+        serialize(
+            &http::Method::GET,
+            "/",
+            "h",
+            &http::HeaderMap::new(),
+            b"",
+            &mut out,
+        );
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: h\r\n\r\n");
     }
 }

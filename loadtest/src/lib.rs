@@ -12,6 +12,7 @@
 //! - [`args`]: flags (clap) and the parsers for durations, rates, SLOs.
 //! - [`target`]: the URL and its `{i}` key pattern; builds each request.
 //! - [`schedule`]: due instants (open/closed loop) and the send loop.
+//! - [`timer`]: sub-millisecond sleeps (timerfd) for the open-loop schedule.
 //! - [`worker`]: worker threads, connections (HTTP/1.1, h2c), recording.
 //! - [`h1`]: the lean HTTP/1.1 client connection used on the hot path.
 //! - [`stats`]: per-worker counts: histograms, statuses, failures.
@@ -32,6 +33,7 @@ pub mod stats;
 pub mod svg;
 pub mod sweep;
 pub mod target;
+pub mod timer;
 pub mod worker;
 
 use std::io::IsTerminal as _;

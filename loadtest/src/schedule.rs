@@ -168,9 +168,8 @@ pub async fn drive<E: Exchange>(
             return true;
         };
         if due > now {
-            // tokio's timer rounds up to the next millisecond: up to 1 ms of
-            // the lag below is the timer's, and shows in `schedule_lag`.
-            tokio::time::sleep_until(due).await;
+            // Sub-millisecond where the worker installed the precise timer.
+            crate::timer::sleep_until(due).await;
         }
         let sent = Instant::now();
         let outcome = ex.exchange().await;

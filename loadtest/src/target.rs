@@ -195,7 +195,14 @@ impl Template {
         let raw = (lean_h1 && !h2).then(|| {
             let ser = |pq: &str| {
                 let mut out = Vec::new();
-                crate::h1::serialize(&method, pq, target.authority.as_str(), &headers, &body, &mut out);
+                crate::h1::serialize(
+                    &method,
+                    pq,
+                    target.authority.as_str(),
+                    &headers,
+                    &body,
+                    &mut out,
+                );
                 Bytes::from(out)
             };
             match &uris {

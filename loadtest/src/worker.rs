@@ -97,6 +97,8 @@ pub fn run_worker(
     let Ok(start) = start_rx.recv() else { return };
     let start = Instant::from_std(start);
     rt.block_on(async {
+        // Open loop sends at due instants: use the sub-millisecond timer.
+        let precise = plan.rate.and_then(|_| crate::timer::install());
         let ticker = {
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -131,6 +133,10 @@ pub fn run_worker(
             unsent += u.await.unwrap_or(0);
         }
         ticker.abort();
+        if let Some(p) = precise {
+            crate::timer::uninstall();
+            p.abort();
+        }
         STATS.with(|s| s.borrow_mut().unsent += unsent);
     });
     let _ = tx.send((idx, Msg::Done(take_stats())));

@@ -1,0 +1,325 @@
+//! The real binary against in-process servers: latency accounting (corrected
+//! vs raw), output formats, the rate check, bad input.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{loadtest, loadtest_json, serial, start, Behavior};
+
+fn ms(v: &serde_json::Value, section: &str, p: &str) -> f64 {
+    v[section][p]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{section}.{p} missing in {v}"))
+}
+
+#[test]
+fn open_loop_reports_the_servers_delay() {
+    let _g = serial();
+    let srv = start(Behavior::Delay(Duration::from_millis(10)));
+    let (o, v) = loadtest_json(&["-c", "4", "-d", "1s", "--rate", "50", &srv.url("/")]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let p50 = ms(&v, "latency_ms", "p50");
+    assert!((9.0..30.0).contains(&p50), "p50 {p50} ms: {v}");
+    assert_eq!(v["target_rps"], 50.0);
+    assert_eq!(v["requests"], 50);
+    assert!(v["rps"].as_f64().unwrap() >= 47.5);
+    assert_eq!(v["status"]["200"], 50);
+}
+
+/// One connection at 100 req/s for 3 s; 200 ms in, one request stalls for
+/// 1 s. The ~100 requests due during the stall wait behind it: measured from
+/// when they were due (corrected) p99 shows the stall; measured from when
+/// they were actually sent (raw) only the stalled request itself does, well
+/// under 1% of the 300.
+#[test]
+fn corrected_latency_shows_a_stall_that_raw_latency_hides() {
+    let _g = serial();
+    let srv = start(Behavior::StallOnce {
+        after: Duration::from_millis(200),
+        stall: Duration::from_secs(1),
+    });
+    let (o, v) = loadtest_json(&["-c", "1", "-d", "3s", "--rate", "100", &srv.url("/")]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let corrected = ms(&v, "latency_ms", "p99");
+    let raw = ms(&v, "raw_latency_ms", "p99");
+    assert!(corrected >= 500.0, "corrected p99 {corrected} ms: {v}");
+    assert!(raw < 100.0, "raw p99 {raw} ms: {v}");
+    assert!(ms(&v, "latency_ms", "max") >= 1000.0);
+    assert!(
+        ms(&v, "schedule_lag_ms", "max") >= 900.0,
+        "the backlog waited: {v}"
+    );
+    assert_eq!(v["requests"], 300);
+    assert_eq!(v["unsent"], 0);
+}
+
+#[test]
+fn json_and_hgrm_count_every_request_the_server_saw() {
+    let _g = serial();
+    let srv = start(Behavior::Fast);
+    let dir = std::env::temp_dir().join(format!("loadtest-hgrm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hgrm = dir.join("out.hgrm");
+    let (o, v) = loadtest_json(&[
+        "-c",
+        "4",
+        "-t",
+        "2",
+        "-d",
+        "500ms",
+        "--hgrm",
+        hgrm.to_str().unwrap(),
+        &srv.url("/"),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let seen = srv.count.load(Ordering::SeqCst);
+    assert!(seen > 100, "the server saw {seen}");
+    assert_eq!(v["requests"].as_u64().unwrap(), seen, "{v}");
+    assert_eq!(v["status"]["200"].as_u64().unwrap(), seen);
+    assert_eq!(v["target_rps"], serde_json::Value::Null);
+    assert_eq!(v["mode"], "closed");
+    assert_eq!(v["errors"], serde_json::json!({}));
+    let rps = v["rps"].as_f64().unwrap();
+    let dur = v["duration_s"].as_f64().unwrap();
+    assert!(
+        (rps * dur - seen as f64).abs() < 1.0,
+        "rps × duration = requests"
+    );
+    for section in ["latency_ms", "raw_latency_ms", "schedule_lag_ms"] {
+        for p in ["p50", "p90", "p99", "p999", "max"] {
+            ms(&v, section, p);
+        }
+    }
+
+    // The .hgrm table: `Value Percentile TotalCount 1/(1-Percentile)`, then
+    // the `#[...]` footer; the last row's total is every request.
+    let text = std::fs::read_to_string(&hgrm).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]
+    );
+    assert_eq!(lines.next().unwrap(), "");
+    let rows: Vec<Vec<f64>> = lines
+        .by_ref()
+        .take_while(|l| !l.starts_with('#'))
+        .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
+        .collect();
+    assert!(rows.len() > 10);
+    assert!(rows
+        .windows(2)
+        .all(|w| w[0][0] <= w[1][0] && w[0][1] <= w[1][1]));
+    let last = rows.last().unwrap();
+    assert_eq!((last[1], last[2] as u64), (1.0, seen));
+    assert!(
+        text.contains("#[Mean    =")
+            && text.contains("#[Max     =")
+            && text.contains("#[Buckets =")
+    );
+    assert!(
+        text.contains(&format!("Total count    = {seen:>12}]")),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_target_the_run_cannot_meet_fails_with_a_message() {
+    let _g = serial();
+    let srv = start(Behavior::Delay(Duration::from_millis(100)));
+    let (o, v) = loadtest_json(&["-c", "1", "-d", "1s", "--rate", "1000", &srv.url("/")]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("target rate missed"), "{}", o.stderr);
+    assert!(o.stderr.contains("could not keep up"), "{}", o.stderr);
+    assert_eq!(v["met_target"], false);
+    assert!(v["unsent"].as_u64().unwrap() > 900);
+}
+
+#[test]
+fn keys_h2_and_post_bodies() {
+    let _g = serial();
+    let srv = start(Behavior::Fast);
+    let (o, v) = loadtest_json(&[
+        "-c",
+        "2",
+        "-d",
+        "300ms",
+        "--rate",
+        "300",
+        "--keys",
+        "3",
+        &srv.url("/kv/k{i}"),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let paths = srv.paths.lock().unwrap().clone();
+    assert_eq!(
+        paths.keys().collect::<Vec<_>>(),
+        ["/kv/k0", "/kv/k1", "/kv/k2"]
+    );
+    let counts: Vec<u64> = paths.values().copied().collect();
+    assert!(
+        counts.iter().all(|c| c.abs_diff(30) <= 1),
+        "round robin: {counts:?}"
+    );
+    assert_eq!(v["requests"], 90);
+
+    let (o, v) = loadtest_json(&[
+        "--h2",
+        "-c",
+        "1",
+        "--streams",
+        "4",
+        "-d",
+        "300ms",
+        "-m",
+        "POST",
+        "--body",
+        "hello",
+        "-H",
+        "x-test: 1",
+        &srv.url("/h2"),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(v["protocol"], "h2c");
+    let h2 = srv.paths.lock().unwrap()["/h2"];
+    assert_eq!(v["requests"].as_u64().unwrap(), h2);
+
+    let (o, v) = loadtest_json(&["--hyper", "-c", "2", "-d", "200ms", &srv.url("/hyper")]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        v["requests"].as_u64().unwrap(),
+        srv.paths.lock().unwrap()["/hyper"]
+    );
+}
+
+#[test]
+fn human_summary_and_interval_lines() {
+    let _g = serial();
+    let srv = start(Behavior::Fast);
+    let o = loadtest(&["-c", "2", "-d", "1200ms", "--rate", "200", &srv.url("/")]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("target 200.0 req/s, achieved"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("corrected") && o.stdout.contains("schedule lag"));
+    assert!(o.stdout.contains("status    200: 240"), "{}", o.stdout);
+    assert!(
+        o.stderr.contains("[   1s]"),
+        "a per-second line: {}",
+        o.stderr
+    );
+}
+
+#[test]
+fn server_stats_beside_client_latency_and_a_warning_when_absent() {
+    let _g = serial();
+    let srv = start(Behavior::Delay(Duration::from_millis(5)));
+    // Traffic before the window, which the before snapshot subtracts.
+    let _ = loadtest(&["-q", "-c", "1", "-d", "200ms", &srv.url("/")]);
+    let before = srv.count.load(Ordering::SeqCst);
+    let (o, v) = loadtest_json(&[
+        "-c",
+        "2",
+        "-d",
+        "500ms",
+        "--server-stats",
+        &srv.url("/stats/histograms"),
+        &srv.url("/"),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let s = &v["server"][0];
+    assert_eq!(s["subtracted"], true, "{v}");
+    let in_window = srv.count.load(Ordering::SeqCst) - before;
+    assert_eq!(s["requests"].as_u64().unwrap(), in_window, "{v}");
+    let p99 = s["latency_ms"]["p99"].as_f64().unwrap();
+    assert!((4.5..50.0).contains(&p99), "server p99 {p99}");
+
+    let o = loadtest(&[
+        "-c",
+        "1",
+        "-d",
+        "200ms",
+        "--server-stats",
+        &srv.url("/nope"),
+        &srv.url("/"),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("warning: --server-stats"), "{}", o.stderr);
+}
+
+#[test]
+fn sweep_writes_csv_svg_and_the_max_rate() {
+    let _g = serial();
+    let srv = start(Behavior::Fast);
+    let dir = std::env::temp_dir().join(format!("loadtest-sweep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (csv, svg) = (dir.join("s.csv"), dir.join("s.svg"));
+    let o = loadtest(&[
+        "-c",
+        "2",
+        "-d",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--sweep",
+        "100:200:100",
+        "--slo",
+        "p99=25ms",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+        &srv.url("/"),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("max rate with p99 <= 25 ms: 200 req/s"),
+        "{}",
+        o.stdout
+    );
+    let csv = std::fs::read_to_string(csv).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.starts_with("target_rps,achieved_rps,"));
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("SLO p99 25 ms"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_input_exits_2_with_a_message() {
+    for (args, msg) in [
+        (&["-d", "5x", "http://127.0.0.1:1/"][..], "bad duration"),
+        (&["-d", "0s", "http://127.0.0.1:1/"][..], "--duration"),
+        (&["--rate", "fast", "http://127.0.0.1:1/"][..], "bad rate"),
+        (&["--rate=-3", "http://127.0.0.1:1/"][..], "bad rate"),
+        (&["not a url"][..], "bad URL"),
+        (&["https://127.0.0.1:1/"][..], "https is not supported"),
+        (&["http://127.0.0.1:1/k{i}"][..], "--keys"),
+        (&["-c", "0", "http://127.0.0.1:1/"][..], "0"),
+        (&["-H", "nocolon", "http://127.0.0.1:1/"][..], "bad header"),
+        (&["--find-max", "http://127.0.0.1:1/"][..], "--slo"),
+        (
+            &["--slo", "p98=3ms", "--find-max", "http://127.0.0.1:1/"][..],
+            "bad --slo",
+        ),
+        (
+            &["--body-file", "/nonexistent/x", "http://127.0.0.1:1/"][..],
+            "--body-file",
+        ),
+        (&[][..], "URL"),
+    ] {
+        let o = loadtest(args);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+        assert!(o.stderr.contains(msg), "{args:?}: {}", o.stderr);
+        assert!(!o.stderr.contains("panicked"), "{args:?}: {}", o.stderr);
+    }
+    // Unreachable is not bad input: exit 1, one clear line.
+    let o = loadtest(&["-d", "1s", "http://127.0.0.1:1/"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("cannot connect"), "{}", o.stderr);
+}

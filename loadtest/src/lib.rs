@@ -84,11 +84,13 @@ impl Setup {
             &a.url,
             a.h2,
             !a.hyper,
-            a.method.clone(),
-            &a.headers,
-            self.body.clone(),
-            a.keys,
-            a.key_order,
+            target::RequestSpec {
+                method: a.method.clone(),
+                headers: &a.headers,
+                body: self.body.clone(),
+                keys: a.keys,
+                order: a.key_order,
+            },
         )
         .map_err(Failure::Usage)?;
         Ok(Arc::new(Plan {

@@ -149,20 +149,17 @@ pub fn chart(steps: &[Step], slo: Option<Slo>, title: &str) -> String {
             fmt_num(ms)
         );
     }
-    let series: [(&str, &str, &str, Box<dyn Fn(&Step) -> f64>); 4] = [
-        ("p50", "#1f77b4", "", Box::new(|s: &Step| y(s.latency.p50))),
-        ("p99", "#ff7f0e", "", Box::new(|s: &Step| y(s.latency.p99))),
-        (
-            "p99.9",
-            "#d62728",
-            "",
-            Box::new(|s: &Step| y(s.latency.p999)),
-        ),
+    // Name, colour, extra stroke attributes, and the point's y.
+    type Series<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&Step) -> f64);
+    let series: [Series; 4] = [
+        ("p50", "#1f77b4", "", &|s: &Step| y(s.latency.p50)),
+        ("p99", "#ff7f0e", "", &|s: &Step| y(s.latency.p99)),
+        ("p99.9", "#d62728", "", &|s: &Step| y(s.latency.p999)),
         (
             "errors",
             "#777777",
             r#" stroke-dasharray="3 3""#,
-            Box::new(|s: &Step| ye(s.error_rate * 100.0)),
+            &|s: &Step| ye(s.error_rate * 100.0),
         ),
     ];
     for (i, (name, color, dash, f)) in series.iter().enumerate() {

@@ -134,17 +134,32 @@ enum Uris {
     },
 }
 
+/// What the user asked every request to carry besides its URL.
+pub struct RequestSpec<'a> {
+    pub method: Method,
+    pub headers: &'a [(http::HeaderName, HeaderValue)],
+    pub body: Bytes,
+    /// The range `{i}` takes (B excluded); `None` without a key pattern.
+    pub keys: Option<(u64, u64)>,
+    pub order: KeyOrder,
+}
+
 impl Template {
+    /// `h2`: requests for hyper's h2c client; otherwise HTTP/1.1, serialized
+    /// for the lean client when `lean_h1` (else built for hyper's).
     pub fn new(
         target: &Target,
         h2: bool,
         lean_h1: bool,
-        method: Method,
-        extra: &[(http::HeaderName, HeaderValue)],
-        body: Bytes,
-        keys: Option<(u64, u64)>,
-        order: KeyOrder,
+        spec: RequestSpec<'_>,
     ) -> Result<Template, String> {
+        let RequestSpec {
+            method,
+            headers: extra,
+            body,
+            keys,
+            order,
+        } = spec;
         let mut headers = HeaderMap::new();
         // HTTP/1.1 needs Host; h2 carries the authority in the URI instead
         // (hyper's low-level connections add neither).
@@ -330,17 +345,14 @@ mod tests {
     #[test]
     fn keys_round_robin_and_formatted() {
         let t = Target::parse("http://h:1/k{i}").unwrap();
-        let tpl = Template::new(
-            &t,
-            false,
-            true,
-            Method::GET,
-            &[],
-            Bytes::new(),
-            Some((10, 13)),
-            KeyOrder::RoundRobin,
-        )
-        .unwrap();
+        let spec = |keys, order| RequestSpec {
+            method: Method::GET,
+            headers: &[],
+            body: Bytes::new(),
+            keys: Some(keys),
+            order,
+        };
+        let tpl = Template::new(&t, false, true, spec((10, 13), KeyOrder::RoundRobin)).unwrap();
         let mut c = tpl.cursor(0, 1);
         let got: Vec<String> = (0..4)
             .map(|_| tpl.request(&mut c).uri().to_string())
@@ -351,17 +363,7 @@ mod tests {
         let raw = tpl.h1_request(&mut c, &mut scratch);
         assert_eq!(raw, b"GET /k12 HTTP/1.1\r\nhost: h:1\r\n\r\n");
 
-        let big = Template::new(
-            &t,
-            true,
-            false,
-            Method::GET,
-            &[],
-            Bytes::new(),
-            Some((0, 1 << 20)),
-            KeyOrder::Random,
-        )
-        .unwrap();
+        let big = Template::new(&t, true, false, spec((0, 1 << 20), KeyOrder::Random)).unwrap();
         let mut c = big.cursor(0, 1);
         let u = big.request(&mut c).uri().to_string();
         assert!(u.starts_with("http://h:1/k"), "{u}");

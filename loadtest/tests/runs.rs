@@ -139,7 +139,7 @@ fn a_target_the_run_cannot_meet_fails_with_a_message() {
 }
 
 #[test]
-fn keys_h2_and_post_bodies() {
+fn keys_round_robin_over_a_range() {
     let _g = serial();
     let srv = start(Behavior::Fast);
     let (o, v) = loadtest_json(&[
@@ -150,14 +150,14 @@ fn keys_h2_and_post_bodies() {
         "--rate",
         "300",
         "--keys",
-        "3",
-        &srv.url("/kv/k{i}"),
+        "5..8",
+        &srv.url("/kv/{i}"),
     ]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     let paths = srv.paths.lock().unwrap().clone();
     assert_eq!(
         paths.keys().collect::<Vec<_>>(),
-        ["/kv/k0", "/kv/k1", "/kv/k2"]
+        ["/kv/5", "/kv/6", "/kv/7"]
     );
     let counts: Vec<u64> = paths.values().copied().collect();
     assert!(
@@ -165,34 +165,66 @@ fn keys_h2_and_post_bodies() {
         "round robin: {counts:?}"
     );
     assert_eq!(v["requests"], 90);
+}
 
-    let (o, v) = loadtest_json(&[
-        "--h2",
-        "-c",
-        "1",
-        "--streams",
-        "4",
-        "-d",
-        "300ms",
+/// Method, headers and body reach the server on every client: the lean
+/// HTTP/1.1 one, hyper's (`--hyper`) and h2c (`--h2`).
+#[test]
+fn method_headers_and_body_on_every_protocol() {
+    let _g = serial();
+    let srv = start(Behavior::Fast);
+    let common = [
         "-m",
         "POST",
         "--body",
         "hello",
         "-H",
         "x-test: 1",
-        &srv.url("/h2"),
-    ]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    assert_eq!(v["protocol"], "h2c");
-    let h2 = srv.paths.lock().unwrap()["/h2"];
-    assert_eq!(v["requests"].as_u64().unwrap(), h2);
-
-    let (o, v) = loadtest_json(&["--hyper", "-c", "2", "-d", "200ms", &srv.url("/hyper")]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    assert_eq!(
-        v["requests"].as_u64().unwrap(),
-        srv.paths.lock().unwrap()["/hyper"]
-    );
+        "-H",
+        "content-type: text/plain",
+    ];
+    for (flags, path, version) in [
+        (&["-c", "2"][..], "/lean", http::Version::HTTP_11),
+        (
+            &["--hyper", "-c", "2"][..],
+            "/hyper",
+            http::Version::HTTP_11,
+        ),
+        (
+            &["--h2", "-c", "1", "--streams", "4"][..],
+            "/h2",
+            http::Version::HTTP_2,
+        ),
+    ] {
+        let mut args = vec!["-d", "300ms"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&common);
+        let url = srv.url(path);
+        args.push(&url);
+        let (o, v) = loadtest_json(&args);
+        assert_eq!(o.code, 0, "{flags:?}: {}", o.stderr);
+        let served = srv.paths.lock().unwrap()[path];
+        assert!(served > 10, "{flags:?}: {served}");
+        assert_eq!(v["requests"].as_u64().unwrap(), served, "{flags:?}: {v}");
+        let seen = srv.last.lock().unwrap()[path].clone();
+        assert_eq!(
+            seen,
+            common::Seen {
+                method: "POST".into(),
+                version,
+                x_test: Some("1".into()),
+                content_type: Some("text/plain".into()),
+                body: bytes::Bytes::from_static(b"hello"),
+            },
+            "{flags:?}"
+        );
+        let protocol = if version == http::Version::HTTP_2 {
+            "h2c"
+        } else {
+            "http/1.1"
+        };
+        assert_eq!(v["protocol"], protocol);
+    }
 }
 
 #[test]
@@ -211,6 +243,12 @@ fn human_summary_and_interval_lines() {
     assert!(
         o.stderr.contains("[   1s]"),
         "a per-second line: {}",
+        o.stderr
+    );
+    // stderr is a pipe here: plain lines, no progress bar drawing.
+    assert!(
+        !o.stderr.contains('\r') && !o.stderr.contains('\x1b'),
+        "no progress bar off a terminal: {:?}",
         o.stderr
     );
 }
@@ -302,6 +340,24 @@ fn bad_input_exits_2_with_a_message() {
         (&["http://127.0.0.1:1/k{i}"][..], "--keys"),
         (&["-c", "0", "http://127.0.0.1:1/"][..], "0"),
         (&["-H", "nocolon", "http://127.0.0.1:1/"][..], "bad header"),
+        (&["-m", "GE T", "http://127.0.0.1:1/"][..], "bad method"),
+        (
+            &["--keys", "9..5", "http://127.0.0.1:1/{i}"][..],
+            "bad --keys",
+        ),
+        (
+            &["--sweep", "1:2", "http://127.0.0.1:1/"][..],
+            "bad --sweep",
+        ),
+        (
+            &["--sweep", "100:50:10", "http://127.0.0.1:1/"][..],
+            "bad --sweep",
+        ),
+        (&["--sweep", "a:b:c", "http://127.0.0.1:1/"][..], "bad rate"),
+        (
+            &["--sweep", "1:1000000:1", "http://127.0.0.1:1/"][..],
+            "1000 steps",
+        ),
         (&["--find-max", "http://127.0.0.1:1/"][..], "--slo"),
         (
             &["--slo", "p98=3ms", "--find-max", "http://127.0.0.1:1/"][..],

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
 use hdrhistogram::Histogram;
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -38,6 +38,19 @@ pub struct Server {
     pub count: Arc<AtomicU64>,
     /// Requests per path.
     pub paths: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
+    /// The last request seen on each path.
+    pub last: Arc<Mutex<std::collections::BTreeMap<String, Seen>>>,
+}
+
+/// What the server saw of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub method: String,
+    pub version: http::Version,
+    /// The `x-test` header, if any.
+    pub x_test: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Bytes,
 }
 
 impl Server {
@@ -50,6 +63,7 @@ struct State {
     behavior: Behavior,
     count: Arc<AtomicU64>,
     paths: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
+    last: Arc<Mutex<std::collections::BTreeMap<String, Seen>>>,
     first: OnceLock<Instant>,
     stalled: AtomicBool,
     /// Service times in µs, as a server's admin endpoint would keep them.
@@ -64,6 +78,7 @@ pub fn start(behavior: Behavior) -> Server {
         behavior,
         count: Arc::new(AtomicU64::new(0)),
         paths: Arc::default(),
+        last: Arc::default(),
         first: OnceLock::new(),
         stalled: AtomicBool::new(false),
         hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()),
@@ -72,6 +87,7 @@ pub fn start(behavior: Behavior) -> Server {
         addr,
         count: state.count.clone(),
         paths: state.paths.clone(),
+        last: state.last.clone(),
     };
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -113,6 +129,22 @@ async fn serve(
         return Ok(http::Response::new(Full::new(Bytes::from(body))));
     }
     let t0 = Instant::now();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let mut seen = Seen {
+        method: req.method().to_string(),
+        version: req.version(),
+        x_test: header("x-test"),
+        content_type: header("content-type"),
+        body: Bytes::new(),
+    };
+    seen.body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::from_static(b"<body error>"),
+    };
     let first = *st.first.get_or_init(Instant::now);
     match st.behavior {
         Behavior::Fast => {}
@@ -124,7 +156,8 @@ async fn serve(
         }
     }
     st.count.fetch_add(1, Ordering::SeqCst);
-    *st.paths.lock().unwrap().entry(path).or_default() += 1;
+    *st.paths.lock().unwrap().entry(path.clone()).or_default() += 1;
+    st.last.lock().unwrap().insert(path, seen);
     st.hist
         .lock()
         .unwrap()

@@ -187,10 +187,52 @@ impl Args {
         if self.timeout.is_zero() {
             return Err("--timeout must be more than 0".into());
         }
+        // A window that holds no scheduled request measures nothing, and
+        // its "achieved rate" would be one request over a short window.
+        let lowest = match (self.sweep, self.rate) {
+            (Some((from, _, _)), _) if !self.find_max => Some(from),
+            (_, r) => r,
+        };
+        if let Some(r) = lowest {
+            if r * self.duration.as_secs_f64() < 1.0 {
+                return Err(format!(
+                    "{r} req/s over {:?} is less than one request: lengthen --duration or raise the rate",
+                    self.duration
+                ));
+            }
+        }
         match (self.url.has_key(), self.keys) {
             (true, None) => return Err("the URL contains {i}: give --keys N or --keys A..B".into()),
             (false, Some(_)) => return Err("--keys given but the URL has no {i} to replace".into()),
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Output files are written after the run: refuse a path that cannot
+    /// be written before spending the run on it.
+    pub fn check_outputs(&self) -> Result<(), String> {
+        let outputs = [
+            ("--hgrm", &self.hgrm),
+            ("--csv", &self.csv),
+            ("--svg", &self.svg),
+        ];
+        for (flag, path) in outputs {
+            let Some(p) = path else { continue };
+            if p.is_dir() {
+                return Err(format!("{flag} {}: is a directory", p.display()));
+            }
+            let parent = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            if !parent.is_dir() {
+                return Err(format!(
+                    "{flag} {}: no directory {}",
+                    p.display(),
+                    parent.display()
+                ));
+            }
         }
         Ok(())
     }

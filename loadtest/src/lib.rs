@@ -129,6 +129,7 @@ impl Setup {
 
 fn cli(args: Args) -> Result<ExitCode, Failure> {
     args.validate().map_err(Failure::Usage)?;
+    args.check_outputs().map_err(Failure::Usage)?;
     let body = match (&args.body, &args.body_file) {
         (Some(b), _) => Bytes::from(b.clone()),
         (None, Some(p)) => std::fs::read(p)

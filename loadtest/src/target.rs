@@ -60,7 +60,20 @@ impl Target {
         if host.is_empty() {
             return Err(format!("bad URL {s:?}: no host"));
         }
-        let port = authority.port_u16().unwrap_or(80);
+        // `port_u16` is `None` both without a port and with one out of range:
+        // tell them apart so `:99999` is an error, not port 80.
+        let after_host = authority
+            .as_str()
+            .rsplit_once(']')
+            .map_or(authority.as_str(), |(_, rest)| rest);
+        let port = match after_host.rsplit_once(':') {
+            None | Some((_, "")) => 80,
+            Some((_, p)) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("bad URL {s:?}: bad port {p:?} (1..65535)"))?,
+        };
         // Locate the path/query in the original text so `{i}` survives.
         let after_scheme = &s[s.find("://").map(|i| i + 3).unwrap_or(0)..];
         let path_start = after_scheme.find(['/', '?']).unwrap_or(after_scheme.len());
@@ -327,6 +340,10 @@ mod tests {
         assert!(t.has_key());
         assert_eq!(t.path_for(7), "/kv/k7?x=7");
         assert_eq!(t.port, 8000);
+        let t = Target::parse("http://[::1]:8080/x").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 8080));
+        let t = Target::parse("http://[::1]/x").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 80));
         let t = Target::parse("http://localhost").unwrap();
         assert_eq!((t.pieces[0].as_str(), t.port), ("/", 80));
         for bad in [
@@ -337,6 +354,9 @@ mod tests {
             "http://{i}/",
             "http:///x",
             "http://a b/",
+            "http://127.0.0.1:99999/",
+            "http://127.0.0.1:0/",
+            "http://[::1]:70000/",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }

@@ -9,14 +9,29 @@
 //!
 //! # Layout
 //!
+//! The hot path (a worker's send loop and its recording) is kept apart from
+//! everything that runs once (flags, reports, sweeps), so that the part
+//! that decides whether the generator can keep up stays small enough to
+//! read and measure on its own.
+//!
 //! - [`args`]: flags (clap) and the parsers for durations, rates, SLOs.
+//!   Every bad value is a message and exit code 2, never a panic.
 //! - [`target`]: the URL and its `{i}` key pattern; builds each request.
-//! - [`schedule`]: due instants (open/closed loop) and the send loop.
-//! - [`timer`]: sub-millisecond sleeps (timerfd) for the open-loop schedule.
-//! - [`worker`]: worker threads, connections (HTTP/1.1, h2c), recording.
-//! - [`h1`]: the lean HTTP/1.1 client connection used on the hot path.
+//!   Requests are built before the run, so the hot path only picks one.
+//! - [`schedule`]: due instants (open/closed loop) and the send loop, written
+//!   against an `Exchange` trait so tokio's paused clock can test the
+//!   scheduling without a network.
+//! - [`timer`]: sub-millisecond sleeps (timerfd) for the open-loop schedule,
+//!   because tokio's millisecond timer wheel alone would add 1–2 ms of lag.
+//! - [`worker`]: worker threads, each a single-threaded runtime (no work
+//!   stealing, no cross-thread wakeups), connections (HTTP/1.1, h2c),
+//!   thread-local recording (no locks on the hot path).
+//! - [`h1`]: the lean HTTP/1.1 client connection used on the hot path: one
+//!   write and one read per request; hyper's client spends ~3.5× its user
+//!   CPU per request (measured in `docs/loadtest.md`).
 //! - [`stats`]: per-worker counts: histograms, statuses, failures.
-//! - [`histo`]: HDR histogram helpers, percentiles, `.hgrm` text.
+//! - [`histo`]: HDR histogram helpers (µs, 3 significant digits, constant
+//!   memory, exact merges), percentiles, `.hgrm` text.
 //! - [`run`]: one measured window: start, per-second lines, merge.
 //! - [`report`]: human summary, `--json`, the rate check.
 //! - [`sweep`], [`svg`]: `--sweep`/`--find-max`, CSV and the chart.

@@ -208,6 +208,23 @@ fn single(setup: &Setup) -> Result<ExitCode, Failure> {
         std::fs::write(p, histo::hgrm(&out.stats.corrected))
             .map_err(|e| Failure::Run(format!("cannot write {}: {e}", p.display())))?;
     }
+    if out.stats.responses() == 0 {
+        let errors: Vec<String> = out
+            .stats
+            .errors()
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        eprintln!(
+            "loadtest: no responses in the window (errors: {}); nothing was measured",
+            if errors.is_empty() {
+                "none".to_string()
+            } else {
+                errors.join(", ")
+            }
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     if let Some(msg) = report::rate_shortfall(&out, a.rate, a.tolerance) {
         eprintln!("loadtest: {msg}");
         return Ok(ExitCode::FAILURE);

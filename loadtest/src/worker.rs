@@ -443,7 +443,9 @@ async fn h2_user(plan: Arc<Plan>, user: u64, slot: Arc<H2Slot>, start: Instant) 
             plan: &plan,
             keys,
         };
+        let mut served = 0u64;
         let finished = drive(&mut pacer, &mut ex, &mut |s| {
+            served += u64::from(matches!(s.outcome, Outcome::Status(_)));
             STATS.with(|st| st.borrow_mut().record(&s))
         })
         .await;
@@ -452,6 +454,11 @@ async fn h2_user(plan: Arc<Plan>, user: u64, slot: Arc<H2Slot>, start: Instant) 
             break;
         }
         failed = Some(generation);
+        // A server that accepts and then fails every h2 connection (one that
+        // does not speak h2c) would otherwise be re-dialled in a tight loop.
+        if served == 0 && !backoff(pacer.end()).await {
+            break;
+        }
     }
     pacer.unsent()
 }

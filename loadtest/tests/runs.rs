@@ -452,4 +452,22 @@ fn bad_input_exits_2_with_a_message() {
     let o = loadtest(&["-d", "1s", "http://127.0.0.1:1/"]);
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(o.stderr.contains("cannot connect"), "{}", o.stderr);
+
+    // Reachable, but closes every connection unanswered: nothing was
+    // measured, and the exit status says so.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            drop(s);
+        }
+    });
+    for proto in [&[][..], &["--h2"][..]] {
+        let mut args = vec!["-q", "-c", "2", "-d", "300ms"];
+        args.extend_from_slice(proto);
+        args.push(&url);
+        let o = loadtest(&args);
+        assert_eq!(o.code, 1, "{proto:?}: {}", o.stderr);
+        assert!(o.stderr.contains("no responses"), "{proto:?}: {}", o.stderr);
+    }
 }

@@ -68,6 +68,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub discovery: discovery::EtcdArgs,
+
+    #[command(flatten)]
+    pub metrics: svc_host::metrics::MetricsArgs,
 }
 
 impl Args {
@@ -103,6 +106,9 @@ impl Args {
             p.push("--cache-ttl: must be above 0".into());
         }
         if let Err(e) = self.discovery.options() {
+            p.extend(e);
+        }
+        if let Err(e) = self.metrics.settings() {
             p.extend(e);
         }
         p
@@ -325,6 +331,11 @@ pub fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     svc_host::init_tracing();
+    let _statsd = args
+        .metrics
+        .settings()
+        .ok()
+        .and_then(|m| m.start("aggregator"));
     let rt = match svc_host::runtime() {
         Ok(rt) => rt,
         Err(e) => {

@@ -63,6 +63,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub discovery: discovery::EtcdArgs,
+
+    #[command(flatten)]
+    pub metrics: svc_host::metrics::MetricsArgs,
 }
 
 impl Args {
@@ -85,6 +88,9 @@ impl Args {
             p.push("--max-in-flight: must be at least 1".into());
         }
         if let Err(e) = self.discovery.options() {
+            p.extend(e);
+        }
+        if let Err(e) = self.metrics.settings() {
             p.extend(e);
         }
         p
@@ -242,6 +248,11 @@ pub fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     svc_host::init_tracing();
+    let _statsd = args
+        .metrics
+        .settings()
+        .ok()
+        .and_then(|m| m.start("backend-svc"));
     let rt = match svc_host::runtime() {
         Ok(rt) => rt,
         Err(e) => {

@@ -110,6 +110,8 @@ struct Counters {
     disconnected: AtomicU64,
     protocol: AtomicU64,
     malformed_frames: AtomicU64,
+    /// Also counted in `overloaded`: the client's own queue was full.
+    send_queue_full: AtomicU64,
 }
 
 /// A snapshot of a client's counters.
@@ -156,7 +158,40 @@ struct Shared {
     waker: Arc<Waker>,
     next_instance: AtomicU64,
     counters: Arc<Counters>,
+    methods: crate::metrics::MethodHists,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Reports as `bus.<service>.*` (docs/operations.md has the catalogue).
+impl telemetry::Source for Shared {
+    fn visit(&self, v: &mut dyn telemetry::Visitor) {
+        let p = format!("bus.{}", telemetry::sanitize(&self.service));
+        let c = &self.counters;
+        let t = &self.table.stats;
+        for (name, a) in [
+            ("calls", &c.calls),
+            ("replies", &c.replies),
+            ("timeouts", &c.timeouts),
+            ("no_instance", &c.no_instance),
+            ("overloaded", &c.overloaded),
+            ("send_queue_full", &c.send_queue_full),
+            ("disconnected", &c.disconnected),
+            ("protocol_errors", &c.protocol),
+            ("late", &t.late),
+            ("unknown_replies", &t.unknown),
+            ("malformed_frames", &c.malformed_frames),
+        ] {
+            v.counter(&format!("{p}.{name}"), a.load(Ordering::Relaxed));
+        }
+        let insts = self.instances.read().clone();
+        v.gauge(&format!("{p}.pending"), self.table.len() as i64);
+        v.gauge(&format!("{p}.endpoints"), insts.len() as i64);
+        v.gauge(
+            &format!("{p}.connected"),
+            insts.iter().filter(|i| i.is_connected()).count() as i64,
+        );
+        self.methods.visit(&p, v);
+    }
 }
 
 impl Drop for Shared {
@@ -221,9 +256,11 @@ impl Client {
                 waker,
                 next_instance: AtomicU64::new(1),
                 counters,
+                methods: Default::default(),
                 thread: Mutex::new(Some(thread)),
             }),
         };
+        telemetry::register(&client.shared);
         client.set_endpoints(&opts.endpoints)?;
         Ok(client)
     }
@@ -406,6 +443,7 @@ impl Client {
             },
         };
         let now = Instant::now();
+        let hist = sh.methods.get(&req.method);
         let Some((guard, rx)) = sh.table.insert(inst.id) else {
             c.overloaded.fetch_add(1, Ordering::Relaxed);
             return Err(CallError::Overloaded("pending call table full"));
@@ -429,6 +467,7 @@ impl Client {
             Ok(()) => sh.waker.wake(),
             Err(TrySendError::Full(_)) => {
                 c.overloaded.fetch_add(1, Ordering::Relaxed);
+                c.send_queue_full.fetch_add(1, Ordering::Relaxed);
                 return Err(CallError::Overloaded("client send queue full"));
             }
             Err(TrySendError::Disconnected(_)) => {
@@ -444,6 +483,9 @@ impl Client {
             Ok(Ok(Err(e))) => Err(e),
             Ok(Ok(Ok(raw))) => decode_reply(raw),
         };
+        if matches!(result, Ok(_) | Err(CallError::Remote { .. })) {
+            hist.record_duration(now.elapsed());
+        }
         let counter = match &result {
             Ok(_) => &c.replies,
             Err(CallError::Timeout) => &c.timeouts,

@@ -31,6 +31,7 @@
 pub mod client;
 pub mod error;
 pub mod events;
+mod metrics;
 pub mod service;
 pub mod signal;
 mod socket;

@@ -103,6 +103,28 @@ struct Shared {
     counters: Counters,
     in_flight: AtomicUsize,
     draining: AtomicBool,
+    methods: crate::metrics::MethodHists,
+}
+
+/// Reports as `service.*` (one service per process by convention).
+impl telemetry::Source for Shared {
+    fn visit(&self, v: &mut dyn telemetry::Visitor) {
+        let c = &self.counters;
+        for (name, a) in [
+            ("received", &c.received),
+            ("replied", &c.replied),
+            ("overloaded", &c.overloaded),
+            ("expired_on_arrival", &c.expired_on_arrival),
+            ("expired_in_handler", &c.expired_in_handler),
+            ("malformed", &c.malformed),
+            ("undeliverable", &c.undeliverable),
+            ("handler_failures", &c.handler_failures),
+        ] {
+            v.counter(&format!("service.{name}"), a.load(Ordering::Relaxed));
+        }
+        v.gauge("service.in_flight", self.in_flight() as i64);
+        self.methods.visit("service", v);
+    }
 }
 
 impl Shared {
@@ -184,7 +206,9 @@ impl Service {
             counters: Counters::default(),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            methods: Default::default(),
         });
+        telemetry::register(&shared);
         let worker = Worker {
             router,
             reply_rx,
@@ -414,7 +438,8 @@ where
             return;
         }
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        let deadline = Instant::now() + Duration::from_micros(prefix.budget_us as u64);
+        let received = Instant::now();
+        let deadline = received + Duration::from_micros(prefix.budget_us as u64);
         let mut guard = ReplyGuard {
             identity: Some(identity),
             id: prefix.correlation_id,
@@ -449,7 +474,9 @@ where
                 return;
             }
             let id = req.correlation_id;
+            let hist = guard.shared.methods.get(&req.method);
             let mut reply = handler(req, deadline).await;
+            hist.record_duration(received.elapsed());
             if Instant::now() > deadline {
                 guard
                     .shared

@@ -2,7 +2,11 @@
 //!
 //! - `/healthz`: 200 while the process runs.
 //! - `/readyz`: 200 or 503 with a JSON body, from the process's [`Admin`].
-//! - anything else the process's [`Admin::page`] knows (e.g. `/stats`).
+//! - `/stats`: the process's own page (if any) with the telemetry
+//!   counters, gauges and latency percentiles added.
+//! - `/stats/histograms`: every latency histogram, HDR V2 compressed,
+//!   base64, for merging across instances.
+//! - anything else the process's [`Admin::page`] knows.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -63,6 +67,23 @@ fn route(admin: &dyn Admin, path: &str) -> Page {
             (true, body) => (StatusCode::OK, body),
             (false, body) => (StatusCode::SERVICE_UNAVAILABLE, body),
         },
+        "/stats" => {
+            let mut v = admin
+                .page("/stats")
+                .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .filter(|v| v.is_object())
+                .unwrap_or_else(|| serde_json::json!({}));
+            if let (Some(o), serde_json::Value::Object(t)) =
+                (v.as_object_mut(), telemetry::export::stats_json())
+            {
+                o.extend(t);
+            }
+            (StatusCode::OK, v.to_string())
+        }
+        "/stats/histograms" => (
+            StatusCode::OK,
+            telemetry::export::histograms_json().to_string(),
+        ),
         p => admin
             .page(p)
             .unwrap_or_else(|| (StatusCode::NOT_FOUND, "{\"error\":\"not_found\"}".into())),

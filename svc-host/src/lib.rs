@@ -3,11 +3,14 @@
 //!
 //! # Layout
 //!
-//! - [`admin`]: `/healthz`, `/readyz` and process-specific JSON pages.
+//! - [`admin`]: `/healthz`, `/readyz`, `/stats`, `/stats/histograms` and
+//!   process-specific JSON pages.
+//! - [`metrics`]: the `--statsd*` / `--metrics` flags and the statsd flush.
 //! - [`init_tracing`], [`runtime`]: process setup shared by the binaries.
 //! - [`parse_duration`]: `250ms`, `2s`, `1m`, `1h` in flags, env and files.
 
 pub mod admin;
+pub mod metrics;
 
 use std::time::Duration;
 

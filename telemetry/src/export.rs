@@ -16,7 +16,8 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
 /// Reported percentiles: (name suffix, quantile).
-pub const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
+pub const QUANTILES: [(&str, f64); 4] =
+    [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
 
 fn ms(us: u64) -> f64 {
     (us as f64) / 1000.0
@@ -26,7 +27,7 @@ fn ms(us: u64) -> f64 {
 pub fn stats_json() -> Value {
     let s = Snapshot::take(Window::Total);
     let mut lat = Map::new();
-    for (name, h) in &s.histograms {
+    for (name, h) in s.histograms.iter().filter(|(_, h)| !h.is_empty()) {
         let mut m = Map::new();
         m.insert("count".into(), json!(h.len()));
         for (suffix, q) in QUANTILES {

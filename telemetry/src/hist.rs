@@ -88,6 +88,9 @@ impl Hist {
     /// Records one value in microseconds.
     #[inline]
     pub fn record(&self, us: u64) {
+        if !crate::enabled() {
+            return;
+        }
         let slot = &self.slots[slot_index()];
         while slot.busy.swap(true, Ordering::SeqCst) {
             std::hint::spin_loop();
@@ -96,7 +99,8 @@ impl Hist {
         // SAFETY: `busy` is ours; the collector leaves phase `p` alone
         // until it has seen `busy` clear after moving off `p`.
         let h = unsafe { &mut *slot.h[p].get() };
-        h.get_or_insert_with(new_histogram).saturating_record(us.max(1));
+        h.get_or_insert_with(new_histogram)
+            .saturating_record(us.max(1));
         slot.busy.store(false, Ordering::SeqCst);
     }
 

@@ -35,7 +35,20 @@ pub use counter::Counter;
 pub use hist::Hist;
 pub use registry::{register, Snapshot, Source, Visitor};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns recording on or off for the whole process (`--metrics off`, for
+/// measuring what metrics cost). Off: records and counts are skipped.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// This thread's slot in per-thread sharded metrics.
 #[inline]

@@ -37,7 +37,11 @@ pub fn register<S: Source + 'static>(s: &Arc<S>) {
 }
 
 fn live() -> Vec<Arc<dyn Source>> {
-    sources().lock().iter().filter_map(|w| w.upgrade()).collect()
+    sources()
+        .lock()
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .collect()
 }
 
 /// How a snapshot reads histograms.

@@ -130,7 +130,12 @@ pub fn start(opts: StatsdOptions) -> std::io::Result<Flusher> {
     })
 }
 
-fn flush_loop(client: StatsdClient, opts: StatsdOptions, rx: Option<Receiver<u32>>, stop: Arc<AtomicBool>) {
+fn flush_loop(
+    client: StatsdClient,
+    opts: StatsdOptions,
+    rx: Option<Receiver<u32>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
     let mut next = std::time::Instant::now() + opts.flush;
     loop {
@@ -148,7 +153,12 @@ fn flush_loop(client: StatsdClient, opts: StatsdOptions, rx: Option<Receiver<u32
 }
 
 /// One flush: what `start`'s thread does each interval.
-fn flush(client: &StatsdClient, last: &mut BTreeMap<String, u64>, rx: Option<&Receiver<u32>>, rate: f64) {
+fn flush(
+    client: &StatsdClient,
+    last: &mut BTreeMap<String, u64>,
+    rx: Option<&Receiver<u32>>,
+    rate: f64,
+) {
     let s = Snapshot::take(Window::Interval);
     for (name, total) in &s.counters {
         let prev = last.insert(name.clone(), *total).unwrap_or(0);

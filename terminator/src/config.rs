@@ -50,6 +50,7 @@ pub struct Settings {
     pub routes_explicit: bool,
     /// etcd discovery; None keeps the static routes.
     pub etcd: Option<discovery::EtcdOptions>,
+    pub metrics: svc_host::metrics::MetricsSettings,
 }
 
 impl Default for Settings {
@@ -71,6 +72,9 @@ impl Default for Settings {
             grace: DEFAULT_GRACE,
             routes_explicit: false,
             etcd: None,
+            metrics: svc_host::metrics::MetricsArgs::default()
+                .settings()
+                .expect("defaults are valid"),
         }
     }
 }
@@ -112,6 +116,8 @@ pub struct Args {
     pub grace: Option<String>,
     #[command(flatten)]
     pub discovery: discovery::EtcdArgs,
+    #[command(flatten)]
+    pub metrics: svc_host::metrics::MetricsArgs,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -280,6 +286,10 @@ impl Settings {
         s.routes_explicit = !args.routes.is_empty() || !file.route.is_empty();
         match args.discovery.options() {
             Ok(o) => s.etcd = o,
+            Err(p) => errors.extend(p),
+        }
+        match args.metrics.settings() {
+            Ok(m) => s.metrics = m,
             Err(p) => errors.extend(p),
         }
         let routes: Vec<Route> = if !args.routes.is_empty() {

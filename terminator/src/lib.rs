@@ -8,10 +8,12 @@
 //! - [`registry`]: routes from etcd registrations merged with static ones.
 //! - [`proxy`]: the request path (HTTP → bus → HTTP).
 //! - [`rescue`]: every failure cause and its one HTTP status.
+//! - [`metrics`]: counters and latency histograms per route and class.
 //! - [`request_id`]: accept or generate `x-request-id`.
 //! - [`server`]: accept loops, admin endpoints, graceful drain.
 
 pub mod config;
+pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod request_id;
@@ -46,6 +48,7 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing();
+    let _statsd = settings.metrics.start("terminator");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

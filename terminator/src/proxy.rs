@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 pub struct Edge {
     pub routes: std::sync::Arc<Routes>,
+    pub metrics: std::sync::Arc<crate::metrics::EdgeMetrics>,
     pub max_body: usize,
     pub max_header_bytes: usize,
     pub max_in_flight: usize,
@@ -59,10 +60,12 @@ where
         .filter(|v| request_id::accept(v))
         .cloned()
         .unwrap_or_else(request_id::generate);
+    let started = Instant::now();
+    let mut matched = None;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    match forward(edge, req, &rid).await {
-        Ok(r) => Ok(r),
+    let res = match forward(edge, req, &rid, &mut matched).await {
+        Ok(r) => r,
         Err(e) => {
             let rid_s = rid.to_str().unwrap_or("");
             match e.source() {
@@ -71,9 +74,13 @@ where
                 }
                 _ => tracing::warn!(request_id = rid_s, %method, %path, error = %e, "failed"),
             }
-            Ok(rescue(&e, &rid))
+            edge.metrics.failed(&e);
+            rescue(&e, &rid)
         }
-    }
+    };
+    edge.metrics
+        .observe(res.status().as_u16(), started.elapsed(), matched.as_deref());
+    Ok(res)
 }
 
 fn method_text(m: &Method) -> bus::Text {
@@ -93,6 +100,7 @@ async fn forward<B>(
     edge: &Edge,
     req: Request<B>,
     rid: &HeaderValue,
+    matched: &mut Option<std::sync::Arc<crate::routes::Target>>,
 ) -> Result<Response<Full<Bytes>>, EdgeError>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -116,6 +124,7 @@ where
         .routes
         .find(req.uri().path())
         .ok_or(EdgeError::NoRoute)?;
+    *matched = Some(target.clone());
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()

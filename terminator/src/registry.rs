@@ -206,6 +206,7 @@ impl Follower {
             let timeout = st.map_or(self.default_timeout, |t| t.timeout);
             match (self.clients.get(&p.service), st) {
                 (Some(c), _) => targets.push(Arc::new(Target {
+                    hists: self.routes.metrics().route(&p.prefix),
                     prefix: p.prefix,
                     service: p.service.into(),
                     client: c.clone(),

@@ -6,6 +6,7 @@
 //! for the call, so a table replaced mid-request does not disturb it.
 
 use crate::config::Route;
+use crate::metrics::{EdgeMetrics, RouteHists};
 use arc_swap::ArcSwap;
 use bus::Client;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ pub struct Target {
     pub service: bus::Text,
     pub client: Client,
     pub timeout: Duration,
+    pub hists: Arc<RouteHists>,
 }
 
 /// One version of the table.
@@ -47,15 +49,25 @@ impl Table {
 
 pub struct Routes {
     table: ArcSwap<Table>,
+    metrics: Arc<EdgeMetrics>,
 }
 
 impl Routes {
     /// The static table: one bus client per configured route.
-    pub fn build(routes: &[Route], default_timeout: Duration) -> Result<Routes, bus::SetupError> {
-        let targets = static_targets(routes, default_timeout)?;
+    pub fn build(
+        routes: &[Route],
+        default_timeout: Duration,
+        metrics: Arc<EdgeMetrics>,
+    ) -> Result<Routes, bus::SetupError> {
+        let targets = static_targets(routes, default_timeout, &metrics)?;
         Ok(Routes {
             table: ArcSwap::from_pointee(Table::new(targets)),
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &Arc<EdgeMetrics> {
+        &self.metrics
     }
 
     /// The target for `path`, held for the length of one request.
@@ -77,14 +89,17 @@ impl Routes {
 pub fn static_targets(
     routes: &[Route],
     default_timeout: Duration,
+    metrics: &EdgeMetrics,
 ) -> Result<Vec<Arc<Target>>, bus::SetupError> {
     routes
         .iter()
         .map(|r| {
             let mut o = bus::ClientOptions::new(r.service.clone());
             o.endpoints = r.endpoints.clone();
+            let prefix = normalize(&r.prefix);
             Ok(Arc::new(Target {
-                prefix: normalize(&r.prefix),
+                hists: metrics.route(&prefix),
+                prefix,
                 service: r.service.clone().into(),
                 client: Client::connect(o)?,
                 timeout: r.timeout.unwrap_or(default_timeout),

@@ -1,12 +1,11 @@
 //! Accept loops for the HTTP and admin listeners, and graceful drain.
 
 use crate::config::Settings;
+use crate::metrics::EdgeMetrics;
 use crate::proxy::{self, Edge};
 use crate::registry;
 use crate::routes::Routes;
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -32,7 +31,12 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let routes = Arc::new(Routes::build(&settings.routes, settings.timeout)?);
+    let metrics = Arc::new(EdgeMetrics::default());
+    let routes = Arc::new(Routes::build(
+        &settings.routes,
+        settings.timeout,
+        metrics.clone(),
+    )?);
     let _watch = settings.etcd.clone().map(|o| {
         let mut follower = registry::Follower::new(
             settings.routes.clone(),
@@ -50,9 +54,17 @@ pub async fn run(
         max_header_bytes: settings.max_header_bytes,
         max_in_flight: settings.max_in_flight,
         in_flight: AtomicUsize::new(0),
+        metrics,
     });
+    telemetry::register(&edge);
     let draining = Arc::new(AtomicBool::new(false));
-    let admin_task = tokio::spawn(serve_admin(admin, edge.clone(), draining.clone()));
+    let admin_task = tokio::spawn(svc_host::admin::serve(
+        admin,
+        Arc::new(AdminPages {
+            edge: edge.clone(),
+            draining: draining.clone(),
+        }),
+    ));
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -82,6 +94,7 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let open = OpenConnection::new(&edge.metrics);
                 let edge = edge.clone();
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let edge = edge.clone();
@@ -93,6 +106,7 @@ pub async fn run(
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with error");
                     }
+                    drop(open);
                 });
             }
         }
@@ -116,28 +130,37 @@ pub async fn run(
     Ok(())
 }
 
-async fn serve_admin(listener: TcpListener, edge: Arc<Edge>, draining: Arc<AtomicBool>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let (edge, draining) = (edge.clone(), draining.clone());
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let r = admin_response(req.uri().path(), &edge, &draining);
-            async move { Ok::<_, std::convert::Infallible>(r) }
-        });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+/// Counts a connection in the `connections` gauge while it is open.
+struct OpenConnection(Arc<EdgeMetrics>);
+
+impl OpenConnection {
+    fn new(m: &Arc<EdgeMetrics>) -> OpenConnection {
+        m.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(m.clone())
     }
 }
 
-fn admin_response(path: &str, edge: &Edge, draining: &AtomicBool) -> Response<Full<Bytes>> {
-    let (status, body) = match path {
-        "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
-        "/readyz" => {
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct AdminPages {
+    edge: Arc<Edge>,
+    draining: Arc<AtomicBool>,
+}
+
+impl svc_host::admin::Admin for AdminPages {
+    fn ready(&self) -> (bool, String) {
+        let (status, body) = readiness(&self.edge, &self.draining);
+        (status == StatusCode::OK, body.to_string())
+    }
+}
+
+fn readiness(edge: &Edge, draining: &AtomicBool) -> (StatusCode, serde_json::Value) {
+    {
+        {
             // Ready once every route's service has been reached at least
             // once: before that, requests would wait out the first-connect
             // window or fail. A service that goes down later does not make
@@ -175,16 +198,5 @@ fn admin_response(path: &str, edge: &Edge, draining: &AtomicBool) -> Response<Fu
                 )
             }
         }
-        _ => (
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not_found"}),
-        ),
-    };
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
+    }
 }

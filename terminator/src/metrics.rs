@@ -1,0 +1,110 @@
+//! What the terminator measures, and how it reports (names under
+//! `switchboard.terminator.`; the catalogue is in docs/operations.md).
+//!
+//! Every request ends in [`EdgeMetrics::observe`]: one sharded counter
+//! add per counter, one lock-free histogram record for all routes and one
+//! for the route and status class. Route histograms are created when the
+//! route table is built, never on the request path.
+
+use crate::proxy::Edge;
+use crate::rescue::EdgeError;
+use crate::routes::Target;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use telemetry::{Counter, Hist};
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One route's latency, by status class.
+#[derive(Default)]
+pub struct RouteHists {
+    by_class: [Hist; 5],
+}
+
+#[derive(Default)]
+pub struct EdgeMetrics {
+    requests: Counter,
+    by_class: [Counter; 5],
+    status_504: Counter,
+    shed: Counter,
+    no_instance: Counter,
+    no_route: Counter,
+    latency: Hist,
+    pub connections: AtomicI64,
+    routes: Mutex<BTreeMap<String, Arc<RouteHists>>>,
+}
+
+impl EdgeMetrics {
+    /// The histograms for a route prefix (stored without its trailing `/`),
+    /// shared by every table version that has the prefix.
+    pub fn route(&self, prefix: &str) -> Arc<RouteHists> {
+        self.routes
+            .lock()
+            .entry(prefix.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Causes counted apart from their status.
+    pub fn failed(&self, e: &EdgeError) {
+        match e {
+            EdgeError::Shed => self.shed.inc(),
+            EdgeError::NoRoute => self.no_route.inc(),
+            EdgeError::Call(bus::CallError::NoInstance(_)) => self.no_instance.inc(),
+            _ => {}
+        }
+    }
+
+    /// Every request, once, when its response is ready.
+    pub fn observe(&self, status: u16, took: Duration, target: Option<&Target>) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests.inc();
+        self.by_class[class].inc();
+        if status == 504 {
+            self.status_504.inc();
+        }
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        self.latency.record(us);
+        if let Some(t) = target {
+            t.hists.by_class[class].record(us);
+        }
+        telemetry::statsd::sample_timer(us);
+    }
+}
+
+impl telemetry::Source for Edge {
+    fn visit(&self, v: &mut dyn telemetry::Visitor) {
+        let m = &self.metrics;
+        v.counter("requests", m.requests.get());
+        for (i, c) in CLASSES.iter().enumerate() {
+            v.counter(&format!("status.{c}"), m.by_class[i].get());
+        }
+        v.counter("status.504", m.status_504.get());
+        v.counter("shed", m.shed.get());
+        v.counter("no_instance", m.no_instance.get());
+        v.counter("no_route", m.no_route.get());
+        v.gauge("in_flight", self.in_flight.load(Ordering::Relaxed) as i64);
+        v.gauge("connections", m.connections.load(Ordering::Relaxed));
+        v.histogram("latency", &m.latency);
+        for (prefix, r) in m.routes.lock().iter() {
+            let route = telemetry::sanitize(prefix);
+            for (i, c) in CLASSES.iter().enumerate() {
+                v.histogram(&format!("route.{route}.{c}.latency"), &r.by_class[i]);
+            }
+        }
+        // Endpoints per service, from the table as it stands.
+        let table = self.routes.current();
+        let mut seen = std::collections::BTreeSet::new();
+        for t in table.targets() {
+            if seen.insert(t.service.as_str().to_string()) {
+                v.gauge(
+                    &format!("endpoints.{}", telemetry::sanitize(t.service.as_str())),
+                    t.client.instances().len() as i64,
+                );
+            }
+        }
+    }
+}

@@ -43,7 +43,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<dyn Admin>) {
         };
         let admin = admin.clone();
         let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let (status, body) = route(&*admin, req.uri().path());
+            let (status, body) = route(&*admin, req.uri().path(), req.uri().query());
             let mut r = Response::new(Full::new(Bytes::from(body)));
             *r.status_mut() = status;
             r.headers_mut().insert(
@@ -60,7 +60,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<dyn Admin>) {
     }
 }
 
-fn route(admin: &dyn Admin, path: &str) -> Page {
+fn route(admin: &dyn Admin, path: &str, query: Option<&str>) -> Page {
     match path {
         "/healthz" => (StatusCode::OK, "{\"status\":\"ok\"}".into()),
         "/readyz" => match admin.ready() {
@@ -80,10 +80,18 @@ fn route(admin: &dyn Admin, path: &str) -> Page {
             }
             (StatusCode::OK, v.to_string())
         }
-        "/stats/histograms" => (
-            StatusCode::OK,
-            telemetry::export::histograms_json().to_string(),
-        ),
+        // `?name=latency` keeps one histogram (what `loadtest
+        // --server-stats` should merge); no query: all of them.
+        "/stats/histograms" => {
+            let name = query
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+                .find_map(|kv| kv.strip_prefix("name="));
+            (
+                StatusCode::OK,
+                telemetry::export::histograms_json(name).to_string(),
+            )
+        }
         p => admin
             .page(p)
             .unwrap_or_else(|| (StatusCode::NOT_FOUND, "{\"error\":\"not_found\"}".into())),

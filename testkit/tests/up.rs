@@ -1,0 +1,165 @@
+//! `scripts/up`, the README's run command: the stack it starts answers
+//! `/echo` and `/kv/...`, and SIGINT stops every process it started.
+//!
+//! It runs on free ports (`UP_PORT_BASE`) with the debug binaries cargo
+//! built for the tests (`SWITCHBOARD_BIN_DIR`), so it neither collides with
+//! a stack a developer has running nor waits minutes for a release build.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use testkit::{curl, poll, wait_until};
+
+/// A base port whose offsets +0, +1, +100, +101, +200, +201, +202 are free.
+fn free_base() -> u16 {
+    for _ in 0..200 {
+        let base = 20_000 + fastish_random() % 30_000;
+        let all_free = [0u16, 1, 100, 101, 200, 201, 202]
+            .iter()
+            .all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+fn fastish_random() -> u16 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    ((n ^ std::process::id().rotate_left(7)) % 65_521) as u16
+}
+
+/// Processes whose parent is `pid`, recursively.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces; split after ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|s| s.parse::<u32>().ok());
+            if ppid == Some(p) {
+                out.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+            state != Some("Z")
+        })
+        .unwrap_or(false)
+}
+
+fn exe_name(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn scripts_up_serves_the_stack_and_sigint_stops_every_process() {
+    let bin_dir = testkit::bin("terminator").parent().unwrap().to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let data = tempfile_dir();
+    let base = free_base();
+    let mut up = Command::new("bash")
+        .arg(root.join("scripts/up"))
+        .env("UP_PORT_BASE", base.to_string())
+        .env("SWITCHBOARD_BIN_DIR", &bin_dir)
+        .env("SWITCHBOARD_DATA_DIR", &data)
+        .env("SWITCHBOARD_STATSD", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run scripts/up");
+    // Its "switchboard: up" line says every process answered /readyz.
+    let stdout = up.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let up_line = loop {
+        match rx.recv_timeout(Duration::from_secs(90)) {
+            Ok(l) if l.contains("switchboard: up") => break true,
+            Ok(l) => seen.push(l),
+            Err(_) => break false,
+        }
+    };
+    if !up_line {
+        let _ = up.kill();
+        panic!("scripts/up never came up; stdout:\n{}", seen.join("\n"));
+    }
+
+    let http = format!("http://127.0.0.1:{base}");
+    assert_eq!(curl("GET", &format!("{http}/echo"), None).status, 200);
+    assert_eq!(
+        curl("PUT", &format!("{http}/kv/up-test"), Some(b"from scripts/up")).status,
+        204
+    );
+    assert_eq!(
+        curl("GET", &format!("{http}/kv/up-test"), None).text(),
+        "from scripts/up"
+    );
+
+    let stack: Vec<(u32, String)> = descendants(up.id())
+        .into_iter()
+        .map(|p| (p, exe_name(p)))
+        .filter(|(_, n)| ["terminator", "aggregator", "backend-svc"].contains(&n.as_str()))
+        .collect();
+    let mut names: Vec<&str> = stack.iter().map(|(_, n)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["aggregator", "backend-svc", "terminator"], "{stack:?}");
+    let everything = descendants(up.id());
+
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGINT);
+    }
+    let mut status = None;
+    wait_until(Duration::from_secs(60), "scripts/up to exit", || {
+        status = up.try_wait().unwrap();
+        status.is_some()
+    });
+    let left: Vec<u32> = everything.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(
+        poll(Duration::from_secs(5), || everything.iter().all(|p| !alive(*p))),
+        "processes left behind: {:?}",
+        left.iter().map(|p| (p, exe_name(*p))).collect::<Vec<_>>()
+    );
+    // And nothing listens on the stack's ports any more.
+    for o in [0u16, 1, 100, 101, 200, 201, 202] {
+        assert!(
+            TcpListener::bind(("127.0.0.1", base + o)).is_ok(),
+            "port {} still taken",
+            base + o
+        );
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("switchboard-up-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

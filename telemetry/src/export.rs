@@ -49,7 +49,11 @@ pub fn histograms_json(only: Option<&str>) -> Value {
     let s = Snapshot::take(Window::Total);
     let mut out = Map::new();
     let mut ser = V2DeflateSerializer::new();
-    for (name, h) in s.histograms.iter().filter(|(n, _)| only.is_none_or(|o| o == *n)) {
+    for (name, h) in s
+        .histograms
+        .iter()
+        .filter(|(n, _)| only.is_none_or(|o| o == *n))
+    {
         let mut buf = Vec::new();
         if ser.serialize(h, &mut buf).is_ok() {
             out.insert(

@@ -61,7 +61,9 @@ fn descendants(pid: u32) -> Vec<u32> {
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
-            let state = s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+            let state = s
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
             state != Some("Z")
         })
         .unwrap_or(false)
@@ -114,7 +116,12 @@ fn scripts_up_serves_the_stack_and_sigint_stops_every_process() {
     let http = format!("http://127.0.0.1:{base}");
     assert_eq!(curl("GET", &format!("{http}/echo"), None).status, 200);
     assert_eq!(
-        curl("PUT", &format!("{http}/kv/up-test"), Some(b"from scripts/up")).status,
+        curl(
+            "PUT",
+            &format!("{http}/kv/up-test"),
+            Some(b"from scripts/up")
+        )
+        .status,
         204
     );
     assert_eq!(
@@ -129,7 +136,11 @@ fn scripts_up_serves_the_stack_and_sigint_stops_every_process() {
         .collect();
     let mut names: Vec<&str> = stack.iter().map(|(_, n)| n.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["aggregator", "backend-svc", "terminator"], "{stack:?}");
+    assert_eq!(
+        names,
+        ["aggregator", "backend-svc", "terminator"],
+        "{stack:?}"
+    );
     let everything = descendants(up.id());
 
     // SAFETY: kill(2) on our own child.
@@ -143,7 +154,9 @@ fn scripts_up_serves_the_stack_and_sigint_stops_every_process() {
     });
     let left: Vec<u32> = everything.iter().copied().filter(|p| alive(*p)).collect();
     assert!(
-        poll(Duration::from_secs(5), || everything.iter().all(|p| !alive(*p))),
+        poll(Duration::from_secs(5), || everything
+            .iter()
+            .all(|p| !alive(*p))),
         "processes left behind: {:?}",
         left.iter().map(|p| (p, exe_name(*p))).collect::<Vec<_>>()
     );

@@ -135,7 +135,7 @@ GRAPH_W, GRAPH_H = 600, 300
 def graphite_targets(p):
     t = list(p["targets"])
     if "slo" in p:
-        t.append(f"color(alias(constantLine({p['slo']}),'{p['slo']} ms target'),'red')")
+        t.append(f"alias(dashed(color(constantLine({p['slo']}),'red')),'{p['slo']} ms target')")
     return t
 
 

@@ -261,7 +261,7 @@ pub fn main() -> ExitCode {
         }
     };
     let grace = args.grace;
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let admin = match TcpListener::bind(args.admin).await {
             Ok(l) => l,
             Err(e) => {
@@ -288,5 +288,9 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    drop(rt);
+    // The drained service's last replies may still be in libzmq's queue.
+    bus::flush_at_exit(Duration::from_secs(2));
+    code
 }

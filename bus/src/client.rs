@@ -729,11 +729,16 @@ impl Worker {
     /// monitored from one context; see docs/architecture.md.)
     fn track_connection(&mut self, i: usize) {
         let conn = &self.conns[i];
-        let writable = conn
-            .dealer
-            .get_events()
-            .map(|e| e.contains(zmq::POLLOUT))
-            .unwrap_or(false);
+        let Ok(events) = conn.dealer.get_events() else {
+            return;
+        };
+        if events.contains(zmq::POLLIN) {
+            // Replies that arrived before the peer closed are still
+            // readable after it has: read them (next pass) before failing
+            // what is left, or a drained instance's last answers are lost.
+            return;
+        }
+        let writable = events.contains(zmq::POLLOUT);
         let was = conn.inst.connected.load(Ordering::Relaxed);
         if writable && !was {
             conn.inst.connected.store(true, Ordering::Relaxed);

@@ -323,53 +323,15 @@ impl svc_host::admin::Admin for AdminPages {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let problems = args.problems();
-    if !problems.is_empty() {
-        for p in problems {
-            eprintln!("aggregator: {p}");
-        }
-        return ExitCode::from(2);
-    }
-    svc_host::init_tracing();
-    let _statsd = args
-        .metrics
-        .settings()
-        .ok()
-        .and_then(|m| m.start("aggregator"));
-    let rt = match svc_host::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("aggregator: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let grace = args.grace;
-    let code = rt.block_on(async move {
-        let admin = match TcpListener::bind(args.admin).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("aggregator: cannot listen on {} (admin): {e}", args.admin);
-                return ExitCode::FAILURE;
-            }
-        };
-        let admin_addr = admin
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let r = run(args, admin, bus::signal::shutdown(), grace, |ep| {
-            println!("aggregator listening bus={ep} admin=http://{admin_addr}");
+    let (problems, metrics, admin, grace) = (
+        args.problems(),
+        args.metrics.clone(),
+        args.admin,
+        args.grace,
+    );
+    svc_host::service_main("aggregator", problems, &metrics, admin, |listener, at| {
+        run(args, listener, bus::signal::shutdown(), grace, move |ep| {
+            println!("aggregator listening bus={ep} admin=http://{at}");
         })
-        .await;
-        match r {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("aggregator: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    });
-    drop(rt);
-    // The drained service's last replies may still be in libzmq's queue.
-    bus::flush_at_exit(Duration::from_secs(2));
-    code
+    })
 }

@@ -240,57 +240,19 @@ pub enum RunError {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let problems = args.problems();
-    if !problems.is_empty() {
-        for p in problems {
-            eprintln!("backend-svc: {p}");
-        }
-        return ExitCode::from(2);
-    }
-    svc_host::init_tracing();
-    let _statsd = args
-        .metrics
-        .settings()
-        .ok()
-        .and_then(|m| m.start("backend-svc"));
-    let rt = match svc_host::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("backend-svc: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let grace = args.grace;
-    let code = rt.block_on(async move {
-        let admin = match TcpListener::bind(args.admin).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("backend-svc: cannot listen on {} (admin): {e}", args.admin);
-                return ExitCode::FAILURE;
-            }
-        };
-        let admin_addr = admin
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let data_dir = args.data_dir.display().to_string();
-        let r = run(args, admin, bus::signal::shutdown(), grace, |b| {
+    let (problems, metrics, admin, grace) = (
+        args.problems(),
+        args.metrics.clone(),
+        args.admin,
+        args.grace,
+    );
+    let data_dir = args.data_dir.display().to_string();
+    svc_host::service_main("backend-svc", problems, &metrics, admin, |listener, at| {
+        run(args, listener, bus::signal::shutdown(), grace, move |b| {
             println!(
-                "backend-svc listening bus={} events={} admin=http://{admin_addr} data={data_dir}",
+                "backend-svc listening bus={} events={} admin=http://{at} data={data_dir}",
                 b.bus, b.events
             );
         })
-        .await;
-        match r {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("backend-svc: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    });
-    drop(rt);
-    // The drained service's last replies may still be in libzmq's queue.
-    bus::flush_at_exit(Duration::from_secs(2));
-    code
+    })
 }

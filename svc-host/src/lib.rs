@@ -6,13 +6,80 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/stats`, `/stats/histograms` and
 //!   process-specific JSON pages.
 //! - [`metrics`]: the `--statsd*` / `--metrics` flags and the statsd flush.
+//! - [`service_main`]: the whole life of a bus service binary (arguments,
+//!   logging, statsd, runtime, admin listener, drain, exit flush).
 //! - [`init_tracing`], [`runtime`]: process setup shared by the binaries.
 //! - [`parse_duration`]: `250ms`, `2s`, `1m`, `1h` in flags, env and files.
 
 pub mod admin;
 pub mod metrics;
 
+use std::fmt::Display;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Longest a service's exit waits for libzmq to send what is still queued.
+const EXIT_FLUSH: Duration = Duration::from_secs(2);
+
+/// The whole life of a bus service binary around its `serve`: every
+/// argument problem reported (exit 2), logging, the statsd flush, the
+/// runtime and the admin listener; `serve(admin listener, admin address)`
+/// runs until the signal has drained it; then libzmq's queues are flushed
+/// (bounded), so a drained service's last replies leave before the process.
+pub fn service_main<F, Fut, E>(
+    name: &str,
+    problems: Vec<String>,
+    metrics: &metrics::MetricsArgs,
+    admin: SocketAddr,
+    serve: F,
+) -> ExitCode
+where
+    F: FnOnce(TcpListener, String) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("{name}: {p}");
+        }
+        return ExitCode::from(2);
+    }
+    init_tracing();
+    let _statsd = metrics.settings().ok().and_then(|m| m.start(name));
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(async move {
+        let listener = match TcpListener::bind(admin).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{name}: cannot listen on {admin} (admin): {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        match serve(listener, addr).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    drop(rt);
+    bus::flush_at_exit(EXIT_FLUSH);
+    code
+}
 
 /// Logs to stderr, filtered by `SWITCHBOARD_LOG` (default `info`).
 pub fn init_tracing() {

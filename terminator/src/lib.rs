@@ -26,14 +26,7 @@ use std::process::ExitCode;
 
 pub use server::run;
 
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
+pub use svc_host::init_tracing;
 
 /// The binary: parse, validate (all errors at once), bind, serve, drain.
 pub fn main() -> ExitCode {
@@ -49,10 +42,7 @@ pub fn main() -> ExitCode {
     };
     init_tracing();
     let _statsd = settings.metrics.start("terminator");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match svc_host::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("terminator: cannot start runtime: {e}");

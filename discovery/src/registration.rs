@@ -65,17 +65,7 @@ pub fn hostname() -> String {
         } else {
             String::from("host")
         };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!(
-        "{host}-{}-{:08x}",
-        std::process::id(),
-        nanos.rotate_left(seq * 7) ^ seq
-    )
+    host
 }
 
 pub fn now_unix() -> u64 {
@@ -108,5 +98,24 @@ mod tests {
         );
         let back: Registration = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn hostname_is_the_host_and_instance_id_adds_pid_and_random() {
+        let kernel: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+            .collect();
+        assert_eq!(hostname(), kernel);
+        let id = instance_id();
+        let rest = id.strip_prefix(&format!("{kernel}-{}-", std::process::id()));
+        let rest = rest.unwrap_or_else(|| panic!("{id}"));
+        assert!(
+            rest.len() == 8 && rest.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert_ne!(instance_id(), id, "two ids in one process differ");
     }
 }

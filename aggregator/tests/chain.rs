@@ -30,20 +30,7 @@ impl Backend {
 }
 
 fn start_backend(dir: &std::path::Path, bus: &str, events: &str) -> Proc {
-    let d = dir.to_str().unwrap();
-    Proc::start(
-        "backend-svc",
-        &[
-            "--bus",
-            bus,
-            "--events",
-            events,
-            "--admin",
-            "127.0.0.1:0",
-            "--data-dir",
-            d,
-        ],
-    )
+    testkit::backend_svc(dir, bus, events, &[])
 }
 
 fn start_aggregator(b: &Backend, extra: &[&str]) -> Proc {
@@ -66,17 +53,7 @@ fn start_aggregator(b: &Backend, extra: &[&str]) -> Proc {
 
 fn start_terminator(agg: &Proc) -> Proc {
     let route = format!("/=aggregator@{};2s", agg.addr("bus"));
-    let t = Proc::start(
-        "terminator",
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--route",
-            &route,
-        ],
-    );
+    let t = testkit::terminator(&route, &[]);
     wait_ready(&t);
     t
 }
@@ -277,17 +254,7 @@ fn the_timeout_maps_to_504_through_the_edge() {
     let b = Backend::start();
     let agg = start_aggregator(&b, &[]);
     let route = format!("/=aggregator@{};1ms", agg.addr("bus"));
-    let term = Proc::start(
-        "terminator",
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--route",
-            &route,
-        ],
-    );
+    let term = testkit::terminator(&route, &[]);
     wait_ready(&term);
     let url = format!("{}/kv/slow?x", term.addr("http"));
     let mut saw_504 = false;

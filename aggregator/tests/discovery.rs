@@ -332,20 +332,11 @@ fn registrations_in_etcd_are_what_the_docs_show() {
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
     let url = etcd.url();
-    let backend = Proc::start(
-        "backend-svc",
-        &[
-            "--bus",
-            "tcp://127.0.0.1:0",
-            "--events",
-            "tcp://127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--etcd",
-            &url,
-        ],
+    let backend = testkit::backend_svc(
+        dir.path(),
+        "tcp://127.0.0.1:0",
+        "tcp://127.0.0.1:0",
+        &["--etcd", &url],
     );
     // A static backend endpoint where nothing listens: /kv works only if
     // the aggregator follows the `backend` registrations.

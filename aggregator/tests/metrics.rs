@@ -14,16 +14,7 @@ fn aggregator(extra: &[&str]) -> Proc {
 
 fn terminator(agg: &Proc, extra: &[&str]) -> Proc {
     let route = format!("/=aggregator@{}", agg.addr("bus"));
-    let mut args = vec![
-        "--http",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--route",
-        &route,
-    ];
-    args.extend_from_slice(extra);
-    let t = Proc::start("terminator", &args);
+    let t = testkit::terminator(&route, extra);
     let url = format!("{}/readyz", t.addr("admin"));
     wait_until(Duration::from_secs(10), "terminator ready", || {
         curl("GET", &url, None).status == 200
@@ -196,20 +187,11 @@ fn histograms_from_two_terminators_merge_to_the_summed_count() {
 fn readyz_is_503_while_draining_and_the_request_in_flight_finishes() {
     // A backend, so that the aggregator is ready before it drains.
     let dir = tempfile::tempdir().unwrap();
-    let backend = Proc::start(
-        "backend-svc",
-        &[
-            "--bus",
-            "tcp://127.0.0.1:0",
-            "--events",
-            "tcp://127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--statsd",
-            "off",
-        ],
+    let backend = testkit::backend_svc(
+        dir.path(),
+        "tcp://127.0.0.1:0",
+        "tcp://127.0.0.1:0",
+        &["--statsd", "off"],
     );
     let be = backend.addr("bus");
     let mut agg = aggregator(&["--statsd", "off", "--backend", &be]);

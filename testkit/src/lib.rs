@@ -5,6 +5,8 @@
 //!
 //! - [`bin`]: path to a workspace binary, built once per test process.
 //! - [`Proc`]: a child that printed its "listening" line; killed on drop.
+//! - [`backend_svc`], [`terminator`]: the stack's processes with the flags
+//!   every test gives them (admin on port 0), plus the test's own.
 //! - [`curl`]: one HTTP request through the real curl.
 //! - [`wait_until`]: poll a condition with a bound (tests never sleep to
 //!   wait).
@@ -19,7 +21,7 @@ pub use proxy::Proxy;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -169,6 +171,39 @@ fn fastish_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// backend-svc with its bus and events on `bus`/`events` (port 0 welcome),
+/// admin on port 0 and its data in `dir`; `extra` flags appended.
+pub fn backend_svc(dir: &Path, bus: &str, events: &str, extra: &[&str]) -> Proc {
+    let d = dir.to_str().expect("utf-8 temp dir");
+    let mut args = vec![
+        "--bus",
+        bus,
+        "--events",
+        events,
+        "--admin",
+        "127.0.0.1:0",
+        "--data-dir",
+        d,
+    ];
+    args.extend_from_slice(extra);
+    Proc::start("backend-svc", &args)
+}
+
+/// The terminator on port 0 (HTTP and admin) with one `--route`; `extra`
+/// flags appended.
+pub fn terminator(route: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--http",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--route",
+        route,
+    ];
+    args.extend_from_slice(extra);
+    Proc::start("terminator", &args)
 }
 
 /// A response as curl saw it.

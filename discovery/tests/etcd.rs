@@ -26,6 +26,16 @@ fn opts(url: String) -> EtcdOptions {
     o
 }
 
+/// Instance `a` of `svc`, registered (bounded wait).
+fn register(rt: &tokio::runtime::Runtime, etcd: &Etcd) -> Registrar {
+    let r = {
+        let _g = rt.enter();
+        Registrar::start(opts(etcd.url()), reg("svc", "a"))
+    };
+    wait_until(Duration::from_secs(10), "registered", || r.registered());
+    r
+}
+
 /// A watcher whose latest snapshot the test can read.
 fn watch(
     rt: &tokio::runtime::Runtime,
@@ -53,11 +63,7 @@ fn instances(seen: &Mutex<Snapshot>) -> Vec<String> {
 fn registration_is_leased_and_revoked_on_deregister() {
     let etcd = Etcd::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let r = {
-        let _g = rt.enter();
-        Registrar::start(opts(etcd.url()), reg("svc", "a"))
-    };
-    wait_until(Duration::from_secs(10), "registered", || r.registered());
+    let r = register(&rt, &etcd);
     let key = format!("{PREFIX}svc/a");
     assert_eq!(etcd.keys(PREFIX), vec![key.clone()]);
     // The value is the JSON the docs show, and it is attached to a lease.
@@ -78,13 +84,9 @@ fn registration_is_leased_and_revoked_on_deregister() {
 fn a_lost_lease_is_granted_again_and_the_key_put_again() {
     let etcd = Etcd::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let r = {
-        let _g = rt.enter();
-        Registrar::start(opts(etcd.url()), reg("svc", "a"))
-    };
-    wait_until(Duration::from_secs(10), "registered", || r.registered());
-    // Revoke every lease behind the registrar's back: what etcd does when a
-    // partition outlasted the TTL.
+    let _registrar = register(&rt, &etcd); // kept alive: it re-registers
+                                           // Revoke every lease behind the registrar's back: what etcd does when a
+                                           // partition outlasted the TTL.
     let leases = etcd.ctl(&["lease", "list"]);
     for id in leases.lines().skip(1).filter(|l| !l.trim().is_empty()) {
         etcd.ctl(&["lease", "revoke", id.trim()]);
@@ -99,11 +101,7 @@ fn a_lost_lease_is_granted_again_and_the_key_put_again() {
 fn registration_survives_an_etcd_outage() {
     let mut etcd = Etcd::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let r = {
-        let _g = rt.enter();
-        Registrar::start(opts(etcd.url()), reg("svc", "a"))
-    };
-    wait_until(Duration::from_secs(10), "registered", || r.registered());
+    let r = register(&rt, &etcd);
     etcd.stop();
     wait_until(Duration::from_secs(10), "outage noticed", || {
         !r.registered()

@@ -43,5 +43,5 @@ pub use client::{Client, ClientOptions, ClientStats, Instance};
 pub use error::{CallError, SetupError};
 pub use events::{Publisher, Subscriber};
 pub use service::{Service, ServiceMonitor, ServiceOptions, ServiceStats};
-pub use socket::{check_endpoint, flush_at_exit, Tuning};
+pub use socket::{check_endpoint, Tuning};
 pub use wire::{ErrorReply, Event, Headers, Message, Reply, Request, Text};

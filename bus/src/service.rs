@@ -33,9 +33,6 @@ use tokio::time::Instant;
 /// Requests handled at once before new ones are refused with 503.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 const BATCH: usize = 256;
-/// How long a drained service's socket keeps trying to write out its last
-/// replies after it closes.
-const DRAIN_LINGER_MS: i32 = 1000;
 /// How long a drained service stays open after its last reply, so callers
 /// read it before the connection goes (measured: closing at once lost the
 /// last reply in about half of the graceful-stop test runs; 100 ms, none).
@@ -328,21 +325,7 @@ where
         loop {
             match self.ctrl_rx.try_recv() {
                 Ok(Ctrl::Drain(tx)) => self.drained = Some(tx),
-                Ok(Ctrl::Stop) | Err(TryRecvError::Disconnected) => {
-                    tracing::debug!(
-                        replied = self.shared.counters.replied.load(Ordering::Relaxed),
-                        undeliverable = self.shared.counters.undeliverable.load(Ordering::Relaxed),
-                        in_flight = self.shared.in_flight.load(Ordering::Relaxed),
-                        "service socket closing"
-                    );
-                    if self.shared.draining.load(Ordering::Relaxed) {
-                        // Replies just handed to libzmq may still sit in its
-                        // queue: let them out when the socket closes (see
-                        // `bus::flush_at_exit`).
-                        let _ = self.router.set_linger(DRAIN_LINGER_MS);
-                    }
-                    break;
-                }
+                Ok(Ctrl::Stop) | Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {}
             }
             let sent = self.send_replies();

@@ -55,31 +55,6 @@ pub fn context() -> &'static zmq::Context {
     CTX.get_or_init(zmq::Context::new)
 }
 
-/// For the end of `main`, after every service has drained: lets libzmq's
-/// I/O thread write out what is still queued (the last replies of a
-/// drained service, whose socket closes with a linger) and then terminates
-/// the context; gives up after `deadline` so a socket someone forgot to
-/// close cannot hang the exit. No bus socket works after this.
-///
-/// Without it, a reply handed to libzmq a moment before the process exits
-/// can die in its queue, and the caller sees its instance disconnect
-/// instead of the answer.
-pub fn flush_at_exit(deadline: Duration) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut ctx = context().clone();
-    let spawned = std::thread::Builder::new()
-        .name("zmq-term".into())
-        .spawn(move || {
-            // zmq_ctx_term blocks until every socket is closed and, for
-            // sockets with a linger, their queues are flushed.
-            let _ = ctx.destroy();
-            let _ = tx.send(());
-        });
-    if spawned.is_ok() {
-        let _ = rx.recv_timeout(deadline);
-    }
-}
-
 pub(crate) fn zerr(op: &'static str, endpoint: &str) -> impl FnOnce(zmq::Error) -> SetupError {
     let endpoint = endpoint.to_string();
     move |source| SetupError::Zmq {

@@ -7,7 +7,7 @@
 //!   process-specific JSON pages.
 //! - [`metrics`]: the `--statsd*` / `--metrics` flags and the statsd flush.
 //! - [`service_main`]: the whole life of a bus service binary (arguments,
-//!   logging, statsd, runtime, admin listener, drain, exit flush).
+//!   logging, statsd, runtime, admin listener, drain).
 //! - [`init_tracing`], [`runtime`]: process setup shared by the binaries.
 //! - [`parse_duration`]: `250ms`, `2s`, `1m`, `1h` in flags, env and files.
 
@@ -21,14 +21,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Longest a service's exit waits for libzmq to send what is still queued.
-const EXIT_FLUSH: Duration = Duration::from_secs(2);
-
 /// The whole life of a bus service binary around its `serve`: every
 /// argument problem reported (exit 2), logging, the statsd flush, the
 /// runtime and the admin listener; `serve(admin listener, admin address)`
-/// runs until the signal has drained it; then libzmq's queues are flushed
-/// (bounded), so a drained service's last replies leave before the process.
+/// runs until the signal has drained it.
 pub fn service_main<F, Fut, E>(
     name: &str,
     problems: Vec<String>,
@@ -56,7 +52,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    let code = rt.block_on(async move {
+    rt.block_on(async move {
         let listener = match TcpListener::bind(admin).await {
             Ok(l) => l,
             Err(e) => {
@@ -75,10 +71,7 @@ where
                 ExitCode::FAILURE
             }
         }
-    });
-    drop(rt);
-    bus::flush_at_exit(EXIT_FLUSH);
-    code
+    })
 }
 
 /// Logs to stderr, filtered by `SWITCHBOARD_LOG` (default `info`).

@@ -1,7 +1,7 @@
 //! Calls/s and p99 for one client and one echo service, 64 calls in flight,
-//! 200 B bodies, loopback TCP; beside it the raw libzmq DEALER→ROUTER round
-//! trip with the same window, measured in the same run. The ratio is what
-//! the SDK costs.
+//! 200 B bodies, loopback TCP; beside it a bare TCP echo round trip with
+//! the same window (length-prefixed, blocking threads), measured in the
+//! same run. The ratio is what ZMTP, the wire format and the SDK cost.
 //!
 //! Run: `cargo bench -p bus --bench roundtrip` (SECS=5 by default per case).
 
@@ -37,49 +37,50 @@ fn summarize(mut lat: Vec<Duration>, took: Duration) -> Result {
     }
 }
 
-/// Raw sockets: a ROUTER thread echoing frames, a DEALER keeping 64 in flight.
+/// Bare TCP: an echo thread, a client keeping 64 length-prefixed messages
+/// in flight over one connection. What a round trip costs with no protocol.
 fn raw(d: Duration) -> Result {
-    let ctx = zmq::Context::new();
-    let router = ctx.socket(zmq::ROUTER).unwrap();
-    router.bind("tcp://127.0.0.1:*").unwrap();
-    let ep = router.get_last_endpoint().unwrap().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
     let echo = std::thread::spawn(move || {
-        router.set_rcvtimeo(100).unwrap();
-        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok(frames) = router.recv_multipart(0) {
-                router.send_multipart(frames, 0).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
             }
         }
     });
-    let dealer = ctx.socket(zmq::DEALER).unwrap();
-    dealer.connect(&ep).unwrap();
-    let body = [7u8; BODY];
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_nodelay(true).unwrap();
+    let mut msg = vec![7u8; BODY + 12];
+    msg[..4].copy_from_slice(&(BODY as u32 + 8).to_le_bytes());
     let mut sent_at = std::collections::VecDeque::with_capacity(WINDOW);
     let mut lat = Vec::with_capacity(4_000_000);
     let start = Instant::now();
-    for i in 0..WINDOW as u64 {
-        dealer
-            .send_multipart([&i.to_le_bytes()[..], &body[..]], 0)
-            .unwrap();
+    for _ in 0..WINDOW {
+        c.write_all(&msg).unwrap();
         sent_at.push_back(Instant::now());
     }
-    let mut i = WINDOW as u64;
+    let mut reply = vec![0u8; msg.len()];
     while start.elapsed() < d {
-        let _ = dealer.recv_multipart(0).unwrap();
+        c.read_exact(&mut reply).unwrap();
         lat.push(sent_at.pop_front().unwrap().elapsed());
-        dealer
-            .send_multipart([&i.to_le_bytes()[..], &body[..]], 0)
-            .unwrap();
+        c.write_all(&msg).unwrap();
         sent_at.push_back(Instant::now());
-        i += 1;
     }
     let took = start.elapsed();
     for _ in 0..WINDOW {
-        let _ = dealer.recv_multipart(0);
+        let _ = c.read_exact(&mut reply);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(c);
     echo.join().unwrap();
     summarize(lat, took)
 }
@@ -135,7 +136,7 @@ fn main() {
     let d = secs();
     let mut rows = Vec::new();
     for round in 0..2 {
-        rows.push((format!("raw DEALER→ROUTER (round {})", round + 1), raw(d)));
+        rows.push((format!("raw TCP echo (round {})", round + 1), raw(d)));
         rows.push((format!("bus SDK call (round {})", round + 1), sdk(d)));
     }
     println!("| case | calls/s | p50 µs | p99 µs |");

@@ -59,13 +59,12 @@ impl From<EncodeError> for CallError {
 /// be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("zmq {op} `{endpoint}`: {source}")]
-    Zmq {
-        op: &'static str,
+    #[error("cannot bind `{endpoint}`: {source}")]
+    Bind {
         endpoint: String,
-        source: zmq::Error,
+        source: std::io::Error,
     },
-    #[error("invalid endpoint `{0}`: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")]
+    #[error("invalid endpoint `{0}`: expected tcp://HOST:PORT or ipc://PATH")]
     BadEndpoint(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

@@ -387,45 +387,37 @@ async fn handler_panic_answers_500_and_frees_the_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_survives_bad_frames_and_drops_expired_work() {
     let svc = echo("echo", "tcp://127.0.0.1:0", 64);
-    let ctx = zmq::Context::new();
-    let d = ctx.socket(zmq::DEALER).unwrap();
-    d.set_rcvtimeo(2000).unwrap();
-    d.set_linger(0).unwrap();
-    d.connect(svc.endpoint()).unwrap();
+    let mut d = testkit::zmtp::RawPeer::connect(svc.endpoint(), "DEALER");
+    let wait = Duration::from_secs(2);
 
     // A request with a good prefix but a truncated body: 400 error reply.
     let mut good = Request::new("echo", "echo");
     good.correlation_id = 42;
     good.budget_us = 1_000_000;
     let h = bus::wire::encode_request(&good).unwrap();
-    d.send_multipart([&h[..h.len() - 3], b""], 0).unwrap();
-    let frames = d.recv_multipart(0).expect("an error reply");
-    match bus::wire::decode(Bytes::from(frames[0].clone()), Bytes::new()).unwrap() {
+    d.send(&[&h[..h.len() - 3], b""]);
+    let frames = d.recv(wait).expect("an error reply");
+    match bus::wire::decode(frames[0].clone(), Bytes::new()).unwrap() {
         bus::Message::Error(e) => {
             assert_eq!((e.correlation_id, e.status), (42, 400));
         }
         m => panic!("{m:?}"),
     }
     // Garbage and a lone frame: counted, no crash.
-    d.send_multipart([&b"\xff\xfe"[..], b"x"], 0).unwrap();
-    d.send(&b"lonely"[..], 0).unwrap();
+    d.send(&[b"\xff\xfe", b"x"]);
+    d.send(&[b"lonely"]);
     // Budget 0: dropped without running the handler and without a reply.
     good.budget_us = 0;
     good.correlation_id = 43;
     let h = bus::wire::encode_request(&good).unwrap();
-    d.send_multipart([&h[..], b""], 0).unwrap();
+    d.send(&[&h, b""]);
     // Then a good one still works, and is the next thing we receive.
     good.budget_us = 1_000_000;
     good.correlation_id = 44;
     let h = bus::wire::encode_request(&good).unwrap();
-    d.send_multipart([&h[..], b"ok"], 0).unwrap();
-    let frames = d.recv_multipart(0).expect("a reply");
-    match bus::wire::decode(
-        Bytes::from(frames[0].clone()),
-        Bytes::from(frames[1].clone()),
-    )
-    .unwrap()
-    {
+    d.send(&[&h, b"ok"]);
+    let frames = d.recv(wait).expect("a reply");
+    match bus::wire::decode(frames[0].clone(), frames[1].clone()).unwrap() {
         bus::Message::Reply(r) => assert_eq!((r.correlation_id, &r.body[..]), (44, &b"ok"[..])),
         m => panic!("{m:?}"),
     }

@@ -12,9 +12,11 @@
 //!   wait).
 //! - [`etcd`]: a real etcd server per test, and `etcdctl`.
 //! - [`proxy`]: a TCP proxy whose connections can be cut (a partition).
+//! - [`zmtp`]: a raw ZMTP peer that sends exactly the bytes a test wants.
 
 pub mod etcd;
 pub mod proxy;
+pub mod zmtp;
 
 pub use etcd::Etcd;
 pub use proxy::Proxy;

@@ -1,0 +1,180 @@
+//! The life of one instance's connection: connect, handshake, read replies
+//! into the correlation table, reconnect with back-off when it drops.
+//!
+//! ```text
+//!  loop:
+//!    connect + handshake ──fail──► sleep (100 ms doubling to 1 s, jittered)
+//!    live: instance.outbox = Some, connected = true, wake first-call waiters
+//!      reader: [header, body] ─► peek id ─► table.complete
+//!      ends on EOF, error, heartbeat silence, writer failure,
+//!      or retired with nothing outstanding
+//!    down: outbox closed (pushes fail), connected = false,
+//!          calls still pending on it fail with Disconnected at once
+//! ```
+//!
+//! The reader decodes everything the socket delivered before the close, so
+//! the last replies of a service that drained and closed are never lost.
+
+use super::pick::Instance;
+use super::Counters;
+use crate::error::CallError;
+use crate::table::{RawReply, Table};
+use crate::tuning::{self, Tuning};
+use crate::wire::{self, Kind};
+use crate::zmtp::connection::{self, Conn, Incoming};
+use crate::zmtp::outbox::Outbox;
+use crate::zmtp::stream::Stream;
+use crate::zmtp::{Endpoint, SocketType};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// A retired connection stays at least this long, so a call that picked
+/// the instance just before its removal still finds it.
+const RETIRE_MIN: Duration = Duration::from_millis(50);
+
+/// What every link of one client shares.
+pub(crate) struct LinkCtx {
+    pub table: Arc<Table>,
+    pub counters: Arc<Counters>,
+    pub tuning: Tuning,
+    pub service: String,
+    /// Woken whenever any instance completes a handshake.
+    pub connected: Notify,
+}
+
+pub(crate) async fn run(inst: Arc<Instance>, ctx: Arc<LinkCtx>) {
+    let Some(ep) = Endpoint::parse(&inst.endpoint) else {
+        return;
+    };
+    let settings = ctx.tuning.settings();
+    let mut delay = ctx.tuning.reconnect_ivl;
+    let mut failures = 0u32;
+    while !inst.retiring.load(Ordering::Relaxed) {
+        let attempt = async {
+            let stream = Stream::connect(&ep).await?;
+            connection::establish(stream, SocketType::Dealer, false, &settings).await
+        };
+        match attempt.await {
+            Ok(conn) => {
+                failures = 0;
+                delay = ctx.tuning.reconnect_ivl;
+                live(&inst, &ctx, conn).await;
+                if inst.retiring.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                // Once per outage at debug; a dead instance should be visible
+                // but not fill the log at ten lines a second.
+                if failures == 1 {
+                    tracing::debug!(service = %ctx.service, endpoint = %inst.endpoint, error = %e, "cannot connect; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tuning::jittered_sleep(delay) => {}
+            _ = inst.retire.notified() => {}
+        }
+        delay = ctx.tuning.backoff(delay);
+    }
+}
+
+/// Marks the instance down and fails what was pending on the connection,
+/// however `live` ends (also when the client drops and aborts the task).
+struct Down<'a> {
+    inst: &'a Instance,
+    ctx: &'a LinkCtx,
+    outbox: Arc<Outbox>,
+    writer: tokio::task::AbortHandle,
+}
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        // Close first: a call that pushes after this fails at once, and one
+        // that pushed before is in the table and fails just below.
+        self.outbox.close();
+        self.inst.outbox.store(None);
+        let was = self.inst.connected.swap(false, Ordering::Relaxed);
+        let n = self
+            .ctx
+            .table
+            .fail_endpoint(self.inst.id, CallError::Disconnected);
+        self.writer.abort();
+        if was || n > 0 {
+            tracing::warn!(service = %self.ctx.service, endpoint = %self.inst.endpoint, failed = n, "instance disconnected");
+        }
+    }
+}
+
+async fn live(inst: &Instance, ctx: &LinkCtx, conn: Conn) {
+    let Conn {
+        mut reader,
+        outbox,
+        mut writer,
+        ..
+    } = conn;
+    let _down = Down {
+        inst,
+        ctx,
+        outbox: outbox.clone(),
+        writer: writer.abort_handle(),
+    };
+    inst.outbox.store(Some(outbox));
+    if !inst.retiring.load(Ordering::Relaxed) {
+        inst.connected.store(true, Ordering::Relaxed);
+        inst.ever_connected.store(true, Ordering::Relaxed);
+    }
+    ctx.connected.notify_waiters();
+    tracing::debug!(service = %ctx.service, endpoint = %inst.endpoint, "instance connected");
+    let mut retired_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            m = reader.next() => match m {
+                Ok(Some(Incoming::Message(frames))) => deliver(ctx, frames),
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(service = %ctx.service, endpoint = %inst.endpoint, error = %e, "connection ended");
+                    return;
+                }
+            },
+            _ = &mut writer => return,
+            _ = inst.retire.notified(), if retired_at.is_none() => {
+                retired_at = Some(tokio::time::Instant::now());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(5)), if retired_at.is_some() => {
+                let at = retired_at.unwrap_or_else(tokio::time::Instant::now);
+                if inst.outstanding() == 0 && at.elapsed() >= RETIRE_MIN {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A reply or error to its caller; anything else is counted and dropped.
+fn deliver(ctx: &LinkCtx, mut frames: Vec<bytes::Bytes>) {
+    if frames.len() != 2 {
+        ctx.counters
+            .malformed_frames
+            .fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let body = frames.pop().unwrap_or_default();
+    let header = frames.pop().unwrap_or_default();
+    match wire::peek(&header) {
+        Ok(p) if matches!(p.kind, Kind::Reply | Kind::Error) => {
+            ctx.table
+                .complete(p.correlation_id, Ok(RawReply { header, body }));
+        }
+        _ => {
+            ctx.counters
+                .malformed_frames
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! `Client`: calls one service, over one ZMTP connection per instance.
+//!
+//! ```text
+//!  call(req, deadline)                       (on the caller's own task)
+//!    pick instance (p2c, least outstanding)  client/pick.rs
+//!    table.insert ─► correlation id          table.rs
+//!    encode header, push [header, body] ─►   the instance's outbox; its writer
+//!                                            task sends the batch in one write
+//!    await oneshot ◄── link task reads the reply, table.complete   client/link.rs
+//!    decode reply
+//! ```
+//!
+//! No thread is crossed: the call, the writer and the reader are tokio
+//! tasks on the same workers as the HTTP server. Every queue is bounded: the
+//! pending table (`max_pending`) and each connection's outbox
+//! (`Tuning::hwm`, `Tuning::queue_bytes`). A full one is an `Overloaded`
+//! error to the caller at once.
+
+mod link;
+mod pick;
+
+pub use pick::Instance;
+
+use crate::error::{CallError, SetupError};
+use crate::table::{RawReply, Table};
+use crate::tuning::{self, Tuning};
+use crate::wire::{self, Kind, Message, Reply, Request};
+use crate::zmtp::outbox::PushError;
+use link::LinkCtx;
+use parking_lot::{Mutex, RwLock};
+use pick::Outstanding;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Calls waiting for a reply, per client, before `call` fails with
+/// `Overloaded` (the table's hard ceiling is 2^20).
+pub const DEFAULT_MAX_PENDING: usize = 65_536;
+/// How long a call waits for a newly added instance's first handshake
+/// before it reports `NoInstance`.
+pub const FIRST_CONNECT_WAIT: Duration = Duration::from_millis(250);
+
+/// How to reach a service.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub service: String,
+    pub endpoints: Vec<String>,
+    pub max_pending: usize,
+    pub tuning: Tuning,
+}
+
+impl ClientOptions {
+    pub fn new(service: impl Into<String>) -> ClientOptions {
+        ClientOptions {
+            service: service.into(),
+            endpoints: Vec::new(),
+            max_pending: DEFAULT_MAX_PENDING,
+            tuning: Tuning::default(),
+        }
+    }
+
+    pub fn endpoint(mut self, ep: impl Into<String>) -> Self {
+        self.endpoints.push(ep.into());
+        self
+    }
+}
+
+/// Counters, readable at any time with [`Client::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    calls: AtomicU64,
+    replies: AtomicU64,
+    timeouts: AtomicU64,
+    no_instance: AtomicU64,
+    overloaded: AtomicU64,
+    disconnected: AtomicU64,
+    protocol: AtomicU64,
+    pub(crate) malformed_frames: AtomicU64,
+    /// Also counted in `overloaded`: an instance's connection queue was full.
+    send_queue_full: AtomicU64,
+}
+
+/// A snapshot of a client's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    pub calls: u64,
+    pub replies: u64,
+    pub timeouts: u64,
+    pub no_instance: u64,
+    pub overloaded: u64,
+    pub disconnected: u64,
+    pub protocol: u64,
+    /// Replies whose call had already ended; dropped.
+    pub late: u64,
+    /// Replies with an id this client never issued; dropped.
+    pub unknown: u64,
+    /// Frames from a service that were not a (header, body) pair.
+    pub malformed_frames: u64,
+    pub pending: usize,
+}
+
+struct Shared {
+    service: String,
+    table: Arc<Table>,
+    instances: RwLock<Arc<Vec<Arc<Instance>>>>,
+    links: Mutex<HashMap<u64, JoinHandle<()>>>,
+    ctx: Arc<LinkCtx>,
+    runtime: tokio::runtime::Handle,
+    next_instance: AtomicU64,
+    counters: Arc<Counters>,
+    methods: crate::metrics::MethodHists,
+}
+
+/// Reports as `bus.<service>.*` (docs/operations.md has the catalogue).
+impl telemetry::Source for Shared {
+    fn visit(&self, v: &mut dyn telemetry::Visitor) {
+        let p = format!("bus.{}", telemetry::sanitize(&self.service));
+        let c = &self.counters;
+        let t = &self.table.stats;
+        for (name, a) in [
+            ("calls", &c.calls),
+            ("replies", &c.replies),
+            ("timeouts", &c.timeouts),
+            ("no_instance", &c.no_instance),
+            ("overloaded", &c.overloaded),
+            ("send_queue_full", &c.send_queue_full),
+            ("disconnected", &c.disconnected),
+            ("protocol_errors", &c.protocol),
+            ("late", &t.late),
+            ("unknown_replies", &t.unknown),
+            ("malformed_frames", &c.malformed_frames),
+        ] {
+            v.counter(&format!("{p}.{name}"), a.load(Ordering::Relaxed));
+        }
+        let insts = self.instances.read().clone();
+        v.gauge(&format!("{p}.pending"), self.table.len() as i64);
+        v.gauge(&format!("{p}.endpoints"), insts.len() as i64);
+        v.gauge(
+            &format!("{p}.connected"),
+            insts.iter().filter(|i| i.is_connected()).count() as i64,
+        );
+        self.methods.visit(&p, v);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for (_, h) in self.links.lock().drain() {
+            h.abort();
+        }
+        self.table.fail_all(CallError::Disconnected);
+    }
+}
+
+/// A handle to one service's instances. Cheap to clone; the socket thread
+/// stops when the last clone is dropped, failing pending calls with
+/// `Disconnected`.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("service", &self.shared.service)
+            .field("pending", &self.pending_len())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to `opts.endpoints` (and keeps reconnecting). Must be
+    /// called inside a tokio runtime: the connections are tasks on it.
+    pub fn connect(opts: ClientOptions) -> Result<Client, SetupError> {
+        for ep in &opts.endpoints {
+            tuning::check_endpoint(ep)?;
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| SetupError::NoRuntime)?;
+        let table = Table::new(opts.max_pending);
+        let counters = Arc::new(Counters::default());
+        let ctx = Arc::new(LinkCtx {
+            table: table.clone(),
+            counters: counters.clone(),
+            tuning: opts.tuning.clone(),
+            service: opts.service.clone(),
+            connected: tokio::sync::Notify::new(),
+        });
+        let client = Client {
+            shared: Arc::new(Shared {
+                service: opts.service,
+                table,
+                instances: RwLock::new(Arc::new(Vec::new())),
+                links: Mutex::new(HashMap::new()),
+                ctx,
+                runtime,
+                next_instance: AtomicU64::new(1),
+                counters,
+                methods: Default::default(),
+            }),
+        };
+        telemetry::register(&client.shared);
+        client.set_endpoints(&opts.endpoints)?;
+        Ok(client)
+    }
+
+    pub fn service(&self) -> &str {
+        &self.shared.service
+    }
+
+    /// Replaces the set of instances. New endpoints are connected. A removed
+    /// instance takes no new call at once; if its connection is down, its
+    /// pending calls fail with `Disconnected` at once, and if it is up (an
+    /// instance that deregistered to drain), the calls already sent keep
+    /// their replies and the socket closes when the last one is answered or
+    /// times out. Duplicates are ignored.
+    pub fn set_endpoints<S: AsRef<str>>(&self, endpoints: &[S]) -> Result<(), SetupError> {
+        for ep in endpoints {
+            tuning::check_endpoint(ep.as_ref())?;
+        }
+        let sh = &self.shared;
+        let mut guard = sh.instances.write();
+        let current = guard.clone();
+        let mut next: Vec<Arc<Instance>> = Vec::with_capacity(endpoints.len());
+        let mut links = sh.links.lock();
+        for ep in endpoints {
+            let ep = ep.as_ref();
+            if next.iter().any(|i| i.endpoint == ep) {
+                continue;
+            }
+            if let Some(i) = current.iter().find(|i| i.endpoint == ep) {
+                next.push(i.clone());
+            } else {
+                let id = sh.next_instance.fetch_add(1, Ordering::Relaxed);
+                let inst = Arc::new(Instance::new(id, ep));
+                let task = sh.runtime.spawn(link::run(inst.clone(), sh.ctx.clone()));
+                links.insert(id, task);
+                next.push(inst);
+            }
+        }
+        for old in current.iter() {
+            if next.iter().any(|i| i.id == old.id) {
+                continue;
+            }
+            let live = old.connected.swap(false, Ordering::Relaxed);
+            old.retiring.store(true, Ordering::Relaxed);
+            if live {
+                // The link finishes the calls already sent, then ends.
+                old.retire.notify_one();
+                if let Some(h) = links.remove(&old.id) {
+                    drop(h);
+                }
+            } else {
+                if let Some(h) = links.remove(&old.id) {
+                    h.abort();
+                }
+                sh.table.fail_endpoint(old.id, CallError::Disconnected);
+            }
+        }
+        *guard = Arc::new(next);
+        Ok(())
+    }
+
+    /// The instances as they stand.
+    pub fn instances(&self) -> Arc<Vec<Arc<Instance>>> {
+        self.shared.instances.read().clone()
+    }
+
+    /// Calls waiting for a reply.
+    pub fn pending_len(&self) -> usize {
+        self.shared.table.len()
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.shared.counters;
+        let t = &self.shared.table.stats;
+        ClientStats {
+            calls: c.calls.load(Ordering::Relaxed),
+            replies: c.replies.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            no_instance: c.no_instance.load(Ordering::Relaxed),
+            overloaded: c.overloaded.load(Ordering::Relaxed),
+            disconnected: c.disconnected.load(Ordering::Relaxed),
+            protocol: c.protocol.load(Ordering::Relaxed),
+            late: t.late.load(Ordering::Relaxed),
+            unknown: t.unknown.load(Ordering::Relaxed),
+            malformed_frames: c.malformed_frames.load(Ordering::Relaxed),
+            pending: self.pending_len(),
+        }
+    }
+
+    /// Waits until at least one instance is connected, or `timeout` passes.
+    /// Returns whether one is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            let woken = self.shared.ctx.connected.notified();
+            if self.instances().iter().any(|i| i.is_connected()) {
+                return true;
+            }
+            if tokio::time::timeout_at(end, woken).await.is_err() {
+                return self.instances().iter().any(|i| i.is_connected());
+            }
+        }
+    }
+
+    fn pick(&self) -> Option<Arc<Instance>> {
+        pick::pick(&self.shared.instances.read())
+    }
+
+    /// No instance is connected, but one was added moments ago and has not
+    /// finished its first handshake: wait for it (a process that just
+    /// started, or an instance discovery just announced) rather than fail a
+    /// request that would succeed a millisecond later. An instance that was
+    /// connected before and is down now fails at once.
+    async fn await_first_connection(&self, deadline: Instant) -> Option<Arc<Instance>> {
+        loop {
+            let woken = self.shared.ctx.connected.notified();
+            if let Some(i) = self.pick() {
+                return Some(i);
+            }
+            let first_window_ends = self
+                .instances()
+                .iter()
+                .filter(|i| !i.ever_connected())
+                .map(|i| i.added + FIRST_CONNECT_WAIT)
+                .max()?;
+            let until = deadline.min(Instant::from_std(first_window_ends));
+            if Instant::now() >= until {
+                return None;
+            }
+            if tokio::time::timeout_at(until, woken).await.is_err() {
+                return self.pick();
+            }
+        }
+    }
+
+    /// Sends `req` to an instance and waits for its reply until `deadline`.
+    ///
+    /// `req.service` defaults to this client's service; the correlation id
+    /// and budget are filled in here. Dropping the returned future removes
+    /// the call from the pending table.
+    pub async fn call(&self, mut req: Request, deadline: Instant) -> Result<Reply, CallError> {
+        let sh = &self.shared;
+        let c = &sh.counters;
+        c.calls.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if deadline <= now {
+            c.timeouts.fetch_add(1, Ordering::Relaxed);
+            return Err(CallError::Timeout);
+        }
+        let inst = match self.pick() {
+            Some(i) => i,
+            None => match self.await_first_connection(deadline).await {
+                Some(i) => i,
+                None => {
+                    c.no_instance.fetch_add(1, Ordering::Relaxed);
+                    return Err(CallError::NoInstance(sh.service.clone()));
+                }
+            },
+        };
+        let now = Instant::now();
+        let hist = sh.methods.get(&req.method);
+        let Some((guard, rx)) = sh.table.insert(inst.id) else {
+            c.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(CallError::Overloaded("pending call table full"));
+        };
+        let _outstanding = Outstanding::new(&inst);
+        if req.service.is_empty() {
+            req.service = sh.service.clone().into();
+        }
+        req.correlation_id = guard.id();
+        req.budget_us = (deadline - now).as_micros().min(u32::MAX as u128) as u32;
+        let header = wire::encode_request(&req).inspect_err(|_| {
+            c.protocol.fetch_add(1, Ordering::Relaxed);
+        })?;
+        let pushed = match &*inst.outbox.load() {
+            Some(ob) => ob.push(&[&header], &req.body),
+            None => Err(PushError::Closed),
+        };
+        match pushed {
+            Ok(()) => {}
+            Err(PushError::Full) => {
+                c.overloaded.fetch_add(1, Ordering::Relaxed);
+                c.send_queue_full.fetch_add(1, Ordering::Relaxed);
+                return Err(CallError::Overloaded("instance connection queue full"));
+            }
+            Err(PushError::Closed) => {
+                c.disconnected.fetch_add(1, Ordering::Relaxed);
+                return Err(CallError::Disconnected);
+            }
+        }
+        let outcome = tokio::time::timeout_at(deadline, rx).await;
+        drop(guard);
+        let result = match outcome {
+            Err(_elapsed) => Err(CallError::Timeout),
+            Ok(Err(_closed)) => Err(CallError::Disconnected),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Ok(Ok(raw))) => decode_reply(raw),
+        };
+        if matches!(result, Ok(_) | Err(CallError::Remote { .. })) {
+            hist.record_duration(now.elapsed());
+        }
+        let counter = match &result {
+            Ok(_) => &c.replies,
+            Err(CallError::Timeout) => &c.timeouts,
+            Err(CallError::NoInstance(_)) => &c.no_instance,
+            Err(CallError::Overloaded(_)) => &c.overloaded,
+            Err(CallError::Disconnected) => &c.disconnected,
+            Err(CallError::Protocol(_)) => &c.protocol,
+            Err(CallError::Remote { .. }) => &c.replies,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+}
+
+fn decode_reply(raw: RawReply) -> Result<Reply, CallError> {
+    match wire::decode(raw.header, raw.body)? {
+        Message::Reply(r) => Ok(r),
+        Message::Error(e) => Err(match e.status {
+            503 => CallError::Overloaded("service at capacity or draining"),
+            504 => CallError::Timeout,
+            status => CallError::Remote {
+                status,
+                message: e.message.to_string(),
+            },
+        }),
+        other => Err(CallError::Protocol(format!(
+            "expected a reply, got {:?}",
+            kind_of(&other)
+        ))),
+    }
+}
+
+fn kind_of(m: &Message) -> Kind {
+    match m {
+        Message::Request(_) => Kind::Request,
+        Message::Reply(_) => Kind::Reply,
+        Message::Event(_) => Kind::Event,
+        Message::Error(_) => Kind::Error,
+    }
+}

@@ -1,0 +1,211 @@
+//! The PUB side: a bound endpoint, one connection per subscriber, each with
+//! its own subscriptions and a bounded outbox that drops when full.
+
+use super::HEARTBEAT_TOPIC;
+use crate::error::SetupError;
+use crate::tuning::{self, Tuning};
+use crate::wire::{self, EncodeError, Event};
+use crate::zmtp::connection::{self, Incoming, Settings};
+use crate::zmtp::outbox::{Outbox, PushError};
+use crate::zmtp::stream::{Listener, Stream};
+use crate::zmtp::SocketType;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// Subscriptions one subscriber may hold; more closes its connection (a
+/// subscriber is a peer we do not control).
+const MAX_SUBSCRIPTIONS: usize = 1024;
+
+/// A bound PUB endpoint. `publish` never blocks: a subscriber whose queue is
+/// full misses the message rather than stall the publisher.
+pub struct Publisher {
+    inner: Arc<Inner>,
+    endpoint: String,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Sub {
+    outbox: Arc<Outbox>,
+    topics: RwLock<Vec<Bytes>>,
+}
+
+struct Inner {
+    subs: Mutex<HashMap<u64, Arc<Sub>>>,
+    published: AtomicU64,
+    dropped: AtomicU64,
+    settings: Settings,
+}
+
+impl Publisher {
+    /// Binds `endpoint` (port 0 picks a free one) and starts the heartbeat
+    /// (`None` turns it off). Must be called inside a tokio runtime.
+    pub fn bind(endpoint: &str, heartbeat: Option<Duration>) -> Result<Publisher, SetupError> {
+        let ep = tuning::parse_endpoint(endpoint)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| SetupError::NoRuntime)?;
+        let _enter = runtime.enter();
+        let bind_err = |source| SetupError::Bind {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let listener = Listener::bind(&ep).map_err(bind_err)?;
+        let bound = listener.local_endpoint().map_err(bind_err)?.to_string();
+        let inner = Arc::new(Inner {
+            subs: Mutex::new(HashMap::new()),
+            published: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            settings: Tuning::default().settings(),
+        });
+        let mut tasks = vec![runtime.spawn(accept_loop(listener, inner.clone()))];
+        if let Some(every) = heartbeat {
+            let inner = inner.clone();
+            tasks.push(runtime.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let _ = inner.send(HEARTBEAT_TOPIC, Bytes::new());
+                }
+            }));
+        }
+        tracing::info!(endpoint = %bound, "events publisher bound");
+        Ok(Publisher {
+            inner,
+            endpoint: bound,
+            tasks,
+        })
+    }
+
+    /// The endpoint actually bound (the real port when bound to port 0).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Publishes one event. Errors only for a topic too long to encode; a
+    /// subscriber that is away simply misses it.
+    pub fn publish(&self, topic: &str, body: Bytes) -> Result<(), PublishError> {
+        self.inner.send(topic, body)
+    }
+
+    /// Events published so far (heartbeats included).
+    pub fn published(&self) -> u64 {
+        self.inner.published.load(Ordering::Relaxed)
+    }
+
+    /// Copies not sent because a subscriber's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Subscribers connected now.
+    pub fn subscribers(&self) -> usize {
+        self.inner.subs.lock().len()
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for (_, s) in self.inner.subs.lock().drain() {
+            s.outbox.close();
+        }
+    }
+}
+
+impl Inner {
+    fn send(&self, topic: &str, body: Bytes) -> Result<(), PublishError> {
+        let header = wire::encode_event(&Event {
+            topic: topic.to_string().into(),
+            body: Bytes::new(),
+        })?;
+        let subs: Vec<Arc<Sub>> = self.subs.lock().values().cloned().collect();
+        for s in subs {
+            let wanted = s
+                .topics
+                .read()
+                .iter()
+                .any(|t| topic.as_bytes().starts_with(t));
+            if wanted {
+                if let Err(PushError::Full) = s.outbox.push(&[topic.as_bytes(), &header], &body) {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+async fn accept_loop(listener: Listener, inner: Arc<Inner>) {
+    let mut next = 0u64;
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                next += 1;
+                tokio::spawn(serve(stream, inner.clone(), next));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "events: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(stream: Stream, inner: Arc<Inner>, id: u64) {
+    let conn = match connection::establish(stream, SocketType::Pub, true, &inner.settings).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "events: subscriber refused");
+            return;
+        }
+    };
+    let sub = Arc::new(Sub {
+        outbox: conn.outbox.clone(),
+        topics: RwLock::new(Vec::new()),
+    });
+    inner.subs.lock().insert(id, sub.clone());
+    let (mut reader, mut writer) = (conn.reader, conn.writer);
+    loop {
+        let m = tokio::select! {
+            m = reader.next() => m,
+            _ = &mut writer => break,
+        };
+        let (on, topic) = match m {
+            Ok(Some(Incoming::Subscribe(t))) => (true, t),
+            Ok(Some(Incoming::Cancel(t))) => (false, t),
+            // ZMTP 3.0 style: a one-frame message, first byte 1 or 0.
+            Ok(Some(Incoming::Message(f)))
+                if f.len() == 1 && matches!(f[0].first(), Some(0 | 1)) =>
+            {
+                (f[0][0] == 1, f[0].slice(1..))
+            }
+            Ok(Some(Incoming::Message(_))) => continue,
+            Ok(None) | Err(_) => break,
+        };
+        let mut topics = sub.topics.write();
+        if on {
+            if topics.len() >= MAX_SUBSCRIPTIONS {
+                break;
+            }
+            topics.push(topic);
+        } else if let Some(i) = topics.iter().position(|t| *t == topic) {
+            topics.swap_remove(i);
+        }
+    }
+    inner.subs.lock().remove(&id);
+    sub.outbox.close();
+}
+
+/// Why an event could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("event cannot be encoded: {0}")]
+    Encode(#[from] EncodeError),
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 /// with `Overloaded` (what libzmq called the high-water mark).
 pub const DEFAULT_HWM: usize = 10_000;
 /// Bytes queued per connection and not yet written, likewise.
-pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_QUEUE_BYTES: usize = 256 * 1024 * 1024;
 /// First reconnect attempt after a peer goes away.
 pub const DEFAULT_RECONNECT_IVL: Duration = Duration::from_millis(100);
 /// Reconnect back-off ceiling.

@@ -115,8 +115,9 @@ def serve(endpoint):
                      (zmq.HEARTBEAT_TIMEOUT, 3000), (zmq.HEARTBEAT_TTL, 3000),
                      (zmq.TCP_KEEPALIVE, 1), (zmq.ROUTER_MANDATORY, 1)):
         sock.setsockopt(opt, val)
-    sock.bind(endpoint)
-    print("echo service on", endpoint, flush=True)
+    sock.bind(endpoint)  # tcp://HOST:* picks a free port
+    # One line, the same shape as every Switchboard binary's, for scripts.
+    print("echo_service listening bus=%s" % sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
     while True:
         frames = sock.recv_multipart()  # [identity, header, body]
         out = handle(frames[1:], time.monotonic())

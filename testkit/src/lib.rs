@@ -76,13 +76,18 @@ impl Proc {
             fastish_id()
         ));
         let mut cmd = Command::new(bin(name));
-        cmd.args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .env("SWITCHBOARD_LOG", "warn");
+        cmd.args(args).env("SWITCHBOARD_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::start_command(name, cmd, log)
+    }
+
+    /// Starts any program that prints a "NAME listening k=v ..." line first
+    /// (a pyzmq peer, say), stderr to `log`.
+    pub fn start_command(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+        cmd.stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -191,6 +196,20 @@ pub fn backend_svc(dir: &Path, bus: &str, events: &str, extra: &[&str]) -> Proc 
     ];
     args.extend_from_slice(extra);
     Proc::start("backend-svc", &args)
+}
+
+/// `docs/examples/echo_service.py` (pyzmq, a libzmq ROUTER) bound to
+/// `endpoint` (`tcp://127.0.0.1:*` for any port).
+pub fn python_echo_service(endpoint: &str) -> Proc {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/echo_service.py");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(script).arg(endpoint);
+    let log = std::env::temp_dir().join(format!(
+        "switchboard-test-echo-py-{}-{}.log",
+        std::process::id(),
+        fastish_id()
+    ));
+    Proc::start_command("echo_service.py", cmd, log)
 }
 
 /// The terminator on port 0 (HTTP and admin) with one `--route`; `extra`

@@ -51,6 +51,10 @@ where
         Err(e) => return refused(&ctx.shared, &e),
     };
     let outbox = conn.outbox;
+    ctx.shared
+        .counters
+        .connections
+        .fetch_add(1, Ordering::Relaxed);
     match ctx.conns.lock().get_mut(&id) {
         Some(e) => e.outbox = Some(outbox.clone()),
         // Stopped while we shook hands.

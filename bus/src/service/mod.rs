@@ -68,6 +68,7 @@ struct Counters {
     undeliverable: AtomicU64,
     handler_failures: AtomicU64,
     refused_peers: AtomicU64,
+    connections: AtomicU64,
 }
 
 /// A snapshot of a service's counters.
@@ -90,6 +91,8 @@ pub struct ServiceStats {
     /// Connections closed for a protocol fault: a bad greeting, another
     /// mechanism or socket type, a frame over the size limit.
     pub refused_peers: u64,
+    /// Connections that completed the handshake, since the start.
+    pub connections: u64,
     pub in_flight: usize,
 }
 
@@ -115,6 +118,7 @@ impl telemetry::Source for Shared {
             ("undeliverable", &c.undeliverable),
             ("handler_failures", &c.handler_failures),
             ("refused_peers", &c.refused_peers),
+            ("connections", &c.connections),
         ] {
             v.counter(&format!("service.{name}"), a.load(Ordering::Relaxed));
         }
@@ -140,6 +144,7 @@ impl Shared {
             undeliverable: c.undeliverable.load(Ordering::Relaxed),
             handler_failures: c.handler_failures.load(Ordering::Relaxed),
             refused_peers: c.refused_peers.load(Ordering::Relaxed),
+            connections: c.connections.load(Ordering::Relaxed),
             in_flight: self.in_flight(),
         }
     }

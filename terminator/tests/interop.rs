@@ -1,0 +1,49 @@
+//! The terminator in front of a service written in another language from
+//! docs/protocol.md alone: `docs/examples/echo_service.py`, a libzmq 4.3
+//! ROUTER through pyzmq. Real processes, real curl.
+
+use std::time::{Duration, Instant};
+use testkit::{curl, python_echo_service, terminator};
+
+#[test]
+fn a_libzmq_service_started_with_the_terminator_is_used_as_soon_as_it_is_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ep = format!("tcp://127.0.0.1:{port}");
+    // Start order must not matter: the terminator first, the service at
+    // the same moment.
+    let t = terminator(&format!("/=echo@{ep}"), &[]);
+    let py = python_echo_service(&ep);
+    let up = Instant::now();
+    let url = format!("{}/hello", t.addr("http"));
+    let mut first_ok = None;
+    let mut refused = 0;
+    while up.elapsed() < Duration::from_secs(5) {
+        let r = curl("POST", &url, Some(b"hi from curl"));
+        if r.status == 200 {
+            assert_eq!(r.text(), "hi from curl");
+            first_ok = Some(up.elapsed());
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        refused += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first_ok = first_ok.unwrap_or_else(|| panic!("never answered; {refused} refusals"));
+    // At most one reconnect back-off (1 s) after the service is up.
+    assert!(first_ok < Duration::from_millis(1500), "{first_ok:?}");
+    for i in 0..100 {
+        let body = format!("body {i}");
+        let r = curl("POST", &url, Some(body.as_bytes()));
+        assert_eq!((r.status, r.text()), (200, body));
+    }
+    drop(py);
+    // Gone: 503 (or 502 for a call caught mid-flight), quickly, not a hang.
+    let t0 = Instant::now();
+    let r = curl("GET", &url, None);
+    assert!(matches!(r.status, 502 | 503), "{}", r.status);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}

@@ -15,17 +15,16 @@ ARG RUST_VERSION=1.95
 ARG DEBIAN=bookworm
 
 # ---------------------------------------------------------------- build ----
-# rust:<version>-<debian> carries gcc/g++, make and pkg-config. Added here:
+# rust:<version>-<debian> carries gcc (mimalloc's C build). Added here:
 #   protobuf-compiler  etcd-client (discovery) generates its gRPC code at
-#                      build time with protoc
-#   g++                the zmq crate builds its bundled libzmq 4.3.4 from
-#                      source and links it statically (no libzmq package at
-#                      build or run time); listed to say so, already present
+#   libprotobuf-dev    build time with protoc, which needs the well-known
+#                      types (descriptor.proto) that libprotobuf-dev holds
+# No ZeroMQ library: the bus speaks ZMTP itself.
 # The toolchain must be at least the newest rust-version in Cargo.lock
 # (fjall/lsm-tree: 1.90).
 FROM rust:${RUST_VERSION}-${DEBIAN} AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler g++ make pkg-config \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -43,12 +42,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 
 # -------------------------------------------------------------- runtime ----
 FROM debian:${DEBIAN}-slim AS runtime
-# libstdc++6  the statically linked libzmq is C++ (already in the slim image
-#             as a dependency of apt; named so that nothing removes it)
 # curl        the HEALTHCHECK's HTTP client (and the operator's, inside the
 #             container); none of the binaries is an HTTP client
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libstdc++6 curl \
+ && apt-get install -y --no-install-recommends curl \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric uid/gid, so orchestrators can check runAsNonRoot and

@@ -21,6 +21,8 @@ pub mod rescue;
 pub mod routes;
 pub mod server;
 
+mod per_core;
+
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -42,6 +44,9 @@ pub fn main() -> ExitCode {
     };
     init_tracing();
     let _statsd = settings.metrics.start("terminator");
+    if std::env::var("SWITCHBOARD_RUNTIME").as_deref() == Ok("per-core") {
+        return per_core::main(settings);
+    }
     let rt = match svc_host::runtime() {
         Ok(rt) => rt,
         Err(e) => {

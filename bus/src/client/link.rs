@@ -130,20 +130,34 @@ async fn live(inst: &Instance, ctx: &LinkCtx, conn: Conn) {
     ctx.connected.notify_waiters();
     tracing::debug!(service = %ctx.service, endpoint = %inst.endpoint, "instance connected");
     let mut retired_at: Option<tokio::time::Instant> = None;
+    // Created once: a `Notified` registers with the Notify when polled, so
+    // one per loop turn would take its lock on every read.
+    let retire = inst.retire.notified();
+    tokio::pin!(retire);
     loop {
         tokio::select! {
             biased;
-            m = reader.next() => match m {
-                Ok(Some(Incoming::Message(frames))) => deliver(ctx, frames),
-                Ok(Some(_)) => {}
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!(service = %ctx.service, endpoint = %inst.endpoint, error = %e, "connection ended");
-                    return;
+            m = reader.next() => {
+                let mut m = m;
+                // Everything this read brought, with no select! per message.
+                loop {
+                    match m {
+                        Ok(Some(Incoming::Message(frames))) => deliver(ctx, frames),
+                        Ok(Some(_)) => {}
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::debug!(service = %ctx.service, endpoint = %inst.endpoint, error = %e, "connection ended");
+                            return;
+                        }
+                    }
+                    m = match reader.try_next() {
+                        Ok(None) => break,
+                        other => other,
+                    };
                 }
-            },
+            }
             _ = &mut writer => return,
-            _ = inst.retire.notified(), if retired_at.is_none() => {
+            _ = &mut retire, if retired_at.is_none() => {
                 retired_at = Some(tokio::time::Instant::now());
             }
             _ = tokio::time::sleep(Duration::from_millis(5)), if retired_at.is_some() => {

@@ -64,28 +64,34 @@ where
         outbox.close();
     }
     let (mut reader, mut writer) = (conn.reader, conn.writer);
-    loop {
-        tokio::select! {
+    'conn: loop {
+        let mut m = tokio::select! {
             biased;
-            m = reader.next() => match m {
-                Ok(Some(Incoming::Message(frames))) => {
-                    request(&ctx, frames, &outbox);
-                    // A caller that sends faster than it reads its replies
-                    // is read no further until they drain.
-                    if !outbox.has_room() {
-                        outbox.wait_room().await;
-                    }
-                }
+            m = reader.next() => m,
+            _ = &mut writer => break,
+        };
+        // Everything this read brought, with no select! per message.
+        loop {
+            match m {
+                Ok(Some(Incoming::Message(frames))) => request(&ctx, frames, &outbox),
                 Ok(Some(_)) => {}
-                Ok(None) => break,
+                Ok(None) => break 'conn,
                 Err(e) => {
                     if !matches!(e, ZmtpError::Io(_) | ZmtpError::Closed) {
                         refused(&ctx.shared, &e);
                     }
-                    break;
+                    break 'conn;
                 }
-            },
-            _ = &mut writer => break,
+            }
+            m = match reader.try_next() {
+                Ok(None) => break,
+                other => other,
+            };
+        }
+        // A caller that sends faster than it reads its replies is read no
+        // further until they drain.
+        if !outbox.has_room() {
+            outbox.wait_room().await;
         }
     }
     // Let the writer flush what handlers already answered; it shuts the

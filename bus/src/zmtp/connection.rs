@@ -86,7 +86,7 @@ async fn handshake(
             return Err(ZmtpError::Closed);
         }
     };
-    let _ = bytes::Buf::advance(&mut buf, greeting::GREETING_LEN);
+    bytes::Buf::advance(&mut buf, greeting::GREETING_LEN);
     if g.mechanism != s.mechanism.name() {
         return Err(ZmtpError::Mechanism {
             ours: s.mechanism.name(),
@@ -199,6 +199,13 @@ impl Reader {
                 self.last_heard = Instant::now();
             }
         }
+    }
+
+    /// The next message already in the buffer, without reading: after
+    /// [`next`](Self::next) returns, the rest of that read's messages come
+    /// from here with no `select!` around each.
+    pub(crate) fn try_next(&mut self) -> Result<Option<Incoming>, ZmtpError> {
+        self.decode()
     }
 
     /// Decodes from the buffer only; `None` when it needs more bytes.

@@ -33,8 +33,9 @@ fn a_libzmq_service_started_with_the_terminator_is_used_as_soon_as_it_is_up() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let first_ok = first_ok.unwrap_or_else(|| panic!("never answered; {refused} refusals"));
-    // At most one reconnect back-off (1 s) after the service is up.
-    assert!(first_ok < Duration::from_millis(1500), "{first_ok:?}");
+    // At most one reconnect back-off after the service is up: 1 s, plus
+    // its jitter (25%), plus slack for a loaded machine.
+    assert!(first_ok < Duration::from_millis(2500), "{first_ok:?}");
     for i in 0..100 {
         let body = format!("body {i}");
         let r = curl("POST", &url, Some(body.as_bytes()));

@@ -1,0 +1,91 @@
+//! A client's counters: read by [`Client::stats`](super::Client::stats) and
+//! reported to the process's telemetry as `bus.<service>.*`.
+
+use super::Shared;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters, readable at any time with [`Client::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) calls: AtomicU64,
+    pub(crate) replies: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) no_instance: AtomicU64,
+    pub(crate) overloaded: AtomicU64,
+    pub(crate) disconnected: AtomicU64,
+    pub(crate) protocol: AtomicU64,
+    pub(crate) malformed_frames: AtomicU64,
+    /// Also counted in `overloaded`: an instance's connection queue was full.
+    pub(crate) send_queue_full: AtomicU64,
+}
+
+/// A snapshot of a client's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    pub calls: u64,
+    pub replies: u64,
+    pub timeouts: u64,
+    pub no_instance: u64,
+    pub overloaded: u64,
+    pub disconnected: u64,
+    pub protocol: u64,
+    /// Replies whose call had already ended; dropped.
+    pub late: u64,
+    /// Replies with an id this client never issued; dropped.
+    pub unknown: u64,
+    /// Frames from a service that were not a (header, body) pair.
+    pub malformed_frames: u64,
+    pub pending: usize,
+}
+
+/// Reports as `bus.<service>.*` (docs/operations.md has the catalogue).
+impl telemetry::Source for Shared {
+    fn visit(&self, v: &mut dyn telemetry::Visitor) {
+        let p = format!("bus.{}", telemetry::sanitize(&self.service));
+        let c = &self.counters;
+        let t = &self.table.stats;
+        for (name, a) in [
+            ("calls", &c.calls),
+            ("replies", &c.replies),
+            ("timeouts", &c.timeouts),
+            ("no_instance", &c.no_instance),
+            ("overloaded", &c.overloaded),
+            ("send_queue_full", &c.send_queue_full),
+            ("disconnected", &c.disconnected),
+            ("protocol_errors", &c.protocol),
+            ("late", &t.late),
+            ("unknown_replies", &t.unknown),
+            ("malformed_frames", &c.malformed_frames),
+        ] {
+            v.counter(&format!("{p}.{name}"), a.load(Ordering::Relaxed));
+        }
+        let insts = self.instances.read().clone();
+        v.gauge(&format!("{p}.pending"), self.table.len() as i64);
+        v.gauge(&format!("{p}.endpoints"), insts.len() as i64);
+        v.gauge(
+            &format!("{p}.connected"),
+            insts.iter().filter(|i| i.is_connected()).count() as i64,
+        );
+        self.methods.visit(&p, v);
+    }
+}
+
+impl Shared {
+    pub(crate) fn stats(&self) -> ClientStats {
+        let c = &self.counters;
+        let t = &self.table.stats;
+        ClientStats {
+            calls: c.calls.load(Ordering::Relaxed),
+            replies: c.replies.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            no_instance: c.no_instance.load(Ordering::Relaxed),
+            overloaded: c.overloaded.load(Ordering::Relaxed),
+            disconnected: c.disconnected.load(Ordering::Relaxed),
+            protocol: c.protocol.load(Ordering::Relaxed),
+            late: t.late.load(Ordering::Relaxed),
+            unknown: t.unknown.load(Ordering::Relaxed),
+            malformed_frames: c.malformed_frames.load(Ordering::Relaxed),
+            pending: self.table.len(),
+        }
+    }
+}

@@ -71,6 +71,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub metrics: svc_host::metrics::MetricsArgs,
+
+    #[command(flatten)]
+    pub runtime: svc_host::RuntimeArgs,
 }
 
 impl Args {
@@ -323,15 +326,23 @@ impl svc_host::admin::Admin for AdminPages {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let (problems, metrics, admin, grace) = (
+    let (problems, metrics, runtime, admin, grace) = (
         args.problems(),
         args.metrics.clone(),
+        args.runtime.clone(),
         args.admin,
         args.grace,
     );
-    svc_host::service_main("aggregator", problems, &metrics, admin, |listener, at| {
-        run(args, listener, bus::signal::shutdown(), grace, move |ep| {
-            println!("aggregator listening bus={ep} admin=http://{at}");
-        })
-    })
+    svc_host::service_main(
+        "aggregator",
+        problems,
+        &metrics,
+        &runtime,
+        admin,
+        |listener, at| {
+            run(args, listener, bus::signal::shutdown(), grace, move |ep| {
+                println!("aggregator listening bus={ep} admin=http://{at}");
+            })
+        },
+    )
 }

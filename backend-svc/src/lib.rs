@@ -66,6 +66,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub metrics: svc_host::metrics::MetricsArgs,
+
+    #[command(flatten)]
+    pub runtime: svc_host::RuntimeArgs,
 }
 
 impl Args {
@@ -240,19 +243,27 @@ pub enum RunError {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let (problems, metrics, admin, grace) = (
+    let (problems, metrics, runtime, admin, grace) = (
         args.problems(),
         args.metrics.clone(),
+        args.runtime.clone(),
         args.admin,
         args.grace,
     );
     let data_dir = args.data_dir.display().to_string();
-    svc_host::service_main("backend-svc", problems, &metrics, admin, |listener, at| {
-        run(args, listener, bus::signal::shutdown(), grace, move |b| {
-            println!(
-                "backend-svc listening bus={} events={} admin=http://{at} data={data_dir}",
-                b.bus, b.events
-            );
-        })
-    })
+    svc_host::service_main(
+        "backend-svc",
+        problems,
+        &metrics,
+        &runtime,
+        admin,
+        |listener, at| {
+            run(args, listener, bus::signal::shutdown(), grace, move |b| {
+                println!(
+                    "backend-svc listening bus={} events={} admin=http://{at} data={data_dir}",
+                    b.bus, b.events
+                );
+            })
+        },
+    )
 }

@@ -29,6 +29,7 @@ pub fn service_main<F, Fut, E>(
     name: &str,
     problems: Vec<String>,
     metrics: &metrics::MetricsArgs,
+    runtime_args: &RuntimeArgs,
     admin: SocketAddr,
     serve: F,
 ) -> ExitCode
@@ -45,7 +46,7 @@ where
     }
     init_tracing();
     let _statsd = metrics.settings().ok().and_then(|m| m.start(name));
-    let rt = match runtime() {
+    let rt = match runtime(runtime_args.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: cannot start runtime: {e}");
@@ -84,11 +85,31 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// The multi-thread tokio runtime every service binary runs on.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+/// `--threads` for a service: how many threads its runtime has.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RuntimeArgs {
+    /// Threads to run on; 1 runs everything on one thread (no work-stealing
+    /// wake-ups: cheapest per request where the stack shares a few cores,
+    /// as under scripts/up; add instances to scale) [default: one per core]
+    #[arg(long, env = "SWITCHBOARD_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+/// The tokio runtime a service binary runs on: work-stealing with one
+/// worker per core by default, a single thread for `--threads 1`.
+pub fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n as usize)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
 }
 
 /// `250ms`, `2s`, `1m`, `1h`: durations in flags, env and config files.

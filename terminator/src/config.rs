@@ -16,6 +16,19 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+
+/// How the terminator uses the machine's cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// One single-threaded runtime per thread, each accepting HTTP
+    /// connections and owning its own bus connections: a request never
+    /// leaves the thread that accepted it (the default: it measured
+    /// cheaper per request, docs/benchmarks.md).
+    PerCore,
+    /// One work-stealing runtime with `threads` workers shared by all
+    /// connections.
+    Shared,
+}
 /// A client must finish sending its request head within this (slowloris).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
@@ -45,6 +58,9 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub header_read_timeout: Duration,
     pub grace: Duration,
+    pub runtime: RuntimeKind,
+    /// Threads (per-core runtimes, or shared workers); default: one per core.
+    pub threads: usize,
     /// Whether `routes` were configured (flags or file) rather than the
     /// built-in convention; configured routes beat registrations.
     pub routes_explicit: bool,
@@ -70,6 +86,8 @@ impl Default for Settings {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             grace: DEFAULT_GRACE,
+            runtime: RuntimeKind::PerCore,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             routes_explicit: false,
             etcd: None,
             metrics: svc_host::metrics::MetricsArgs::default()
@@ -114,6 +132,13 @@ pub struct Args {
     /// Time in-flight requests get to finish on SIGTERM [default: 30s]
     #[arg(long, env = "SWITCHBOARD_GRACE")]
     pub grace: Option<String>,
+    /// per-core (a single-threaded runtime per thread, each with its own
+    /// connections) or shared (one work-stealing runtime) [default: per-core]
+    #[arg(long, env = "SWITCHBOARD_RUNTIME")]
+    pub runtime: Option<String>,
+    /// Threads to run on [default: one per core]
+    #[arg(long, env = "SWITCHBOARD_THREADS")]
+    pub threads: Option<String>,
     #[command(flatten)]
     pub discovery: discovery::EtcdArgs,
     #[command(flatten)]
@@ -131,6 +156,8 @@ struct File {
     max_in_flight: Option<usize>,
     header_read_timeout: Option<String>,
     grace: Option<String>,
+    runtime: Option<String>,
+    threads: Option<usize>,
     #[serde(default)]
     route: Vec<Route>,
 }
@@ -283,6 +310,27 @@ impl Settings {
             e,
         );
         pick("grace", args.grace, file.grace, dur, &mut s.grace, e);
+        let runtime = |v: &str| match v {
+            "per-core" => Ok(RuntimeKind::PerCore),
+            "shared" => Ok(RuntimeKind::Shared),
+            _ => Err(format!("`{v}` is not per-core or shared")),
+        };
+        pick(
+            "runtime",
+            args.runtime,
+            file.runtime,
+            runtime,
+            &mut s.runtime,
+            e,
+        );
+        pick(
+            "threads",
+            args.threads,
+            num(file.threads),
+            count,
+            &mut s.threads,
+            e,
+        );
         s.routes_explicit = !args.routes.is_empty() || !file.route.is_empty();
         match args.discovery.options() {
             Ok(o) => s.etcd = o,

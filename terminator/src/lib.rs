@@ -10,7 +10,10 @@
 //! - [`rescue`]: every failure cause and its one HTTP status.
 //! - [`metrics`]: counters and latency histograms per route and class.
 //! - [`request_id`]: accept or generate `x-request-id`.
-//! - [`server`]: accept loops, admin endpoints, graceful drain.
+//! - [`server`]: accept loops, admin endpoints, graceful drain; a process
+//!   is one or more shards (`server::serve`).
+//! - `per_core`: the default runtime layout, one single-threaded shard per
+//!   core.
 
 pub mod config;
 pub mod metrics;
@@ -44,10 +47,14 @@ pub fn main() -> ExitCode {
     };
     init_tracing();
     let _statsd = settings.metrics.start("terminator");
-    if std::env::var("SWITCHBOARD_RUNTIME").as_deref() == Ok("per-core") {
+    if settings.runtime == config::RuntimeKind::PerCore {
         return per_core::main(settings);
     }
-    let rt = match svc_host::runtime() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.threads)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("terminator: cannot start runtime: {e}");

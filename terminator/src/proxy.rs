@@ -22,7 +22,8 @@ pub struct Edge {
     pub max_body: usize,
     pub max_header_bytes: usize,
     pub max_in_flight: usize,
-    pub in_flight: AtomicUsize,
+    /// Shared by every shard of the process.
+    pub in_flight: std::sync::Arc<AtomicUsize>,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the bus.

@@ -182,6 +182,7 @@ impl Follower {
                 None => {
                     let mut o = bus::ClientOptions::new(service.to_string());
                     o.endpoints = eps.iter().map(|s| s.to_string()).collect();
+                    o.report_instances = self.routes.primary();
                     match Client::connect(o) {
                         Ok(c) => {
                             self.clients.insert(service.to_string(), c);

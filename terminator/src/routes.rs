@@ -50,6 +50,9 @@ impl Table {
 pub struct Routes {
     table: ArcSwap<Table>,
     metrics: Arc<EdgeMetrics>,
+    /// The first of a per-core terminator's route tables: its clients
+    /// report the instance gauges (see `bus::ClientOptions`).
+    primary: bool,
 }
 
 impl Routes {
@@ -58,12 +61,18 @@ impl Routes {
         routes: &[Route],
         default_timeout: Duration,
         metrics: Arc<EdgeMetrics>,
+        primary: bool,
     ) -> Result<Routes, bus::SetupError> {
-        let targets = static_targets(routes, default_timeout, &metrics)?;
+        let targets = static_targets(routes, default_timeout, &metrics, primary)?;
         Ok(Routes {
             table: ArcSwap::from_pointee(Table::new(targets)),
             metrics,
+            primary,
         })
+    }
+
+    pub fn primary(&self) -> bool {
+        self.primary
     }
 
     pub fn metrics(&self) -> &Arc<EdgeMetrics> {
@@ -90,12 +99,14 @@ pub fn static_targets(
     routes: &[Route],
     default_timeout: Duration,
     metrics: &EdgeMetrics,
+    primary: bool,
 ) -> Result<Vec<Arc<Target>>, bus::SetupError> {
     routes
         .iter()
         .map(|r| {
             let mut o = bus::ClientOptions::new(r.service.clone());
             o.endpoints = r.endpoints.clone();
+            o.report_instances = primary;
             let prefix = normalize(&r.prefix);
             Ok(Arc::new(Target {
                 hists: metrics.route(&prefix),

@@ -22,21 +22,50 @@ pub enum RunError {
     Bus(#[from] bus::SetupError),
 }
 
+/// What the shards of one terminator process share: the metrics, the
+/// in-flight count (`--max-in-flight` is per process) and the drain flag.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub metrics: Arc<EdgeMetrics>,
+    pub in_flight: Arc<AtomicUsize>,
+    pub draining: Arc<AtomicBool>,
+    /// Every shard's route table, so `/readyz` counts the calls pending in
+    /// all of them.
+    pub shards: Arc<parking_lot::Mutex<Vec<Arc<Routes>>>>,
+}
+
 /// Serves HTTP on `http` and health on `admin` until `shutdown` resolves,
 /// then drains: stops accepting, `/readyz` answers 503, requests in flight
-/// get `settings.grace` to finish.
+/// get `settings.grace` to finish. One shard on the caller's runtime.
 pub async fn run(
     settings: Settings,
     http: TcpListener,
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let metrics = Arc::new(EdgeMetrics::default());
+    serve(settings, http, Some(admin), Shared::default(), shutdown).await
+}
+
+/// One shard: accepts from `http` (which other shards may share) with its
+/// own route table and bus clients, so a request stays on the runtime that
+/// accepted it. The shard given `admin` is the primary: it serves the
+/// admin port and reports the process's edge metrics and instance gauges.
+pub async fn serve(
+    settings: Settings,
+    http: TcpListener,
+    admin: Option<TcpListener>,
+    shared: Shared,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let primary = admin.is_some();
+    let metrics = shared.metrics.clone();
     let routes = Arc::new(Routes::build(
         &settings.routes,
         settings.timeout,
         metrics.clone(),
+        primary,
     )?);
+    shared.shards.lock().push(routes.clone());
     let _watch = settings.etcd.clone().map(|o| {
         let mut follower = registry::Follower::new(
             settings.routes.clone(),
@@ -53,18 +82,22 @@ pub async fn run(
         max_body: settings.max_body,
         max_header_bytes: settings.max_header_bytes,
         max_in_flight: settings.max_in_flight,
-        in_flight: AtomicUsize::new(0),
+        in_flight: shared.in_flight.clone(),
         metrics,
     });
-    telemetry::register(&edge);
-    let draining = Arc::new(AtomicBool::new(false));
-    let admin_task = tokio::spawn(svc_host::admin::serve(
-        admin,
-        Arc::new(AdminPages {
-            edge: edge.clone(),
-            draining: draining.clone(),
-        }),
-    ));
+    let draining = shared.draining.clone();
+    let admin_task = admin.map(|admin| {
+        // Reported once per process: the shards share these numbers.
+        telemetry::register(&edge);
+        tokio::spawn(svc_host::admin::serve(
+            admin,
+            Arc::new(AdminPages {
+                edge: edge.clone(),
+                draining: draining.clone(),
+                shards: shared.shards.clone(),
+            }),
+        ))
+    });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -126,7 +159,9 @@ pub async fn run(
             "grace period over; closing remaining connections"
         );
     }
-    admin_task.abort();
+    if let Some(t) = admin_task {
+        t.abort();
+    }
     Ok(())
 }
 
@@ -149,16 +184,21 @@ impl Drop for OpenConnection {
 struct AdminPages {
     edge: Arc<Edge>,
     draining: Arc<AtomicBool>,
+    shards: Arc<parking_lot::Mutex<Vec<Arc<Routes>>>>,
 }
 
 impl svc_host::admin::Admin for AdminPages {
     fn ready(&self) -> (bool, String) {
-        let (status, body) = readiness(&self.edge, &self.draining);
+        let (status, body) = readiness(&self.edge, &self.draining, &self.shards.lock());
         (status == StatusCode::OK, body.to_string())
     }
 }
 
-fn readiness(edge: &Edge, draining: &AtomicBool) -> (StatusCode, serde_json::Value) {
+fn readiness(
+    edge: &Edge,
+    draining: &AtomicBool,
+    shards: &[Arc<Routes>],
+) -> (StatusCode, serde_json::Value) {
     {
         {
             // Ready once every route's service has been reached at least
@@ -175,9 +215,20 @@ fn readiness(edge: &Edge, draining: &AtomicBool) -> (StatusCode, serde_json::Val
                     let insts = t.client.instances();
                     let live = insts.iter().filter(|i| i.is_connected()).count();
                     all_reached &= insts.iter().any(|i| i.ever_connected());
+                    // Calls to this route waiting in every shard.
+                    let pending: usize = shards
+                        .iter()
+                        .filter_map(|r| {
+                            r.current()
+                                .targets()
+                                .iter()
+                                .find(|x| x.prefix == t.prefix)
+                                .map(|x| x.client.pending_len())
+                        })
+                        .sum();
                     (
                         t.prefix.clone() + "/",
-                        serde_json::json!({"service": t.service.as_str(), "instances": insts.len(), "connected": live, "pending": t.client.pending_len()}),
+                        serde_json::json!({"service": t.service.as_str(), "instances": insts.len(), "connected": live, "pending": pending}),
                     )
                 })
                 .collect();

@@ -53,6 +53,11 @@ pub struct ClientOptions {
     pub endpoints: Vec<String>,
     pub max_pending: usize,
     pub tuning: Tuning,
+    /// Whether this client reports the `endpoints` and `connected` gauges.
+    /// A process with several clients to the same service (one per core)
+    /// lets one report them, or the sum would count each instance N times;
+    /// counters and `pending` are summed as they should be.
+    pub report_instances: bool,
 }
 
 impl ClientOptions {
@@ -62,6 +67,7 @@ impl ClientOptions {
             endpoints: Vec::new(),
             max_pending: DEFAULT_MAX_PENDING,
             tuning: Tuning::default(),
+            report_instances: true,
         }
     }
 
@@ -81,6 +87,7 @@ pub(crate) struct Shared {
     next_instance: AtomicU64,
     counters: Arc<Counters>,
     methods: crate::metrics::MethodHists,
+    report_instances: bool,
 }
 
 impl Drop for Shared {
@@ -137,6 +144,7 @@ impl Client {
                 next_instance: AtomicU64::new(1),
                 counters,
                 methods: Default::default(),
+                report_instances: opts.report_instances,
             }),
         };
         telemetry::register(&client.shared);

@@ -59,13 +59,15 @@ impl telemetry::Source for Shared {
         ] {
             v.counter(&format!("{p}.{name}"), a.load(Ordering::Relaxed));
         }
-        let insts = self.instances.read().clone();
         v.gauge(&format!("{p}.pending"), self.table.len() as i64);
-        v.gauge(&format!("{p}.endpoints"), insts.len() as i64);
-        v.gauge(
-            &format!("{p}.connected"),
-            insts.iter().filter(|i| i.is_connected()).count() as i64,
-        );
+        if self.report_instances {
+            let insts = self.instances.read().clone();
+            v.gauge(&format!("{p}.endpoints"), insts.len() as i64);
+            v.gauge(
+                &format!("{p}.connected"),
+                insts.iter().filter(|i| i.is_connected()).count() as i64,
+            );
+        }
         self.methods.visit(&p, v);
     }
 }

@@ -200,7 +200,15 @@ pub(crate) async fn write_loop(
                 return Ok(());
             }
             tokio::select! {
-                _ = ob.notify.notified() => {}
+                _ = ob.notify.notified() => {
+                    // Woken by the first push of a new batch: let the other
+                    // tasks that are ready now (HTTP connections whose
+                    // requests arrived in the same poll) push theirs before
+                    // the write, so they share one syscall. Measured: without
+                    // it the terminator wrote ~0.8 times per request, with
+                    // it a fraction of that (docs/benchmarks.md).
+                    tokio::task::yield_now().await;
+                }
                 _ = &mut ping, if pinger.is_some() => {
                     if let Some(p) = pinger {
                         let _ = ob.push_command(&Command::Ping { ttl_ds: p.ttl_ds, context: Bytes::new() });

@@ -233,12 +233,7 @@ async fn protocol_violations_are_refused_and_the_service_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_started_before_its_libzmq_service_uses_it_once_it_is_up() {
     // A free port for the Python service to take later.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let ep = format!("tcp://127.0.0.1:{port}");
+    let ep = testkit::free_endpoint();
     let c = Client::connect(ClientOptions::new("aggregator").endpoint(ep.clone())).unwrap();
     let call = |c: Client| async move {
         let mut r = Request::new("aggregator", "http");

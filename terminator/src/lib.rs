@@ -47,8 +47,11 @@ pub fn main() -> ExitCode {
     };
     init_tracing();
     let _statsd = settings.metrics.start("terminator");
+    let Some((http, admin)) = bind(&settings) else {
+        return ExitCode::FAILURE;
+    };
     if settings.runtime == config::RuntimeKind::PerCore {
-        return per_core::main(settings);
+        return per_core::main(settings, http, admin);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.threads)
@@ -62,33 +65,15 @@ pub fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let http = match tokio::net::TcpListener::bind(settings.http).await {
+        let listeners = tokio::net::TcpListener::from_std(http)
+            .and_then(|h| Ok((h, tokio::net::TcpListener::from_std(admin)?)));
+        let (http, admin) = match listeners {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("terminator: cannot listen on {} (http): {e}", settings.http);
+                eprintln!("terminator: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let admin = match tokio::net::TcpListener::bind(settings.admin).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!(
-                    "terminator: cannot listen on {} (admin): {e}",
-                    settings.admin
-                );
-                return ExitCode::FAILURE;
-            }
-        };
-        // One machine-readable line, so scripts and tests using port 0 learn
-        // the real ports.
-        println!(
-            "terminator listening http=http://{} admin=http://{}",
-            http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            admin
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default()
-        );
         match run(settings, http, admin, bus::signal::shutdown()).await {
             Ok(()) => {
                 tracing::info!("stopped");
@@ -100,4 +85,29 @@ pub fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Binds the HTTP and admin ports (non-blocking, for tokio) and prints the
+/// one machine-readable line through which scripts and tests using port 0
+/// learn the real ports.
+fn bind(settings: &config::Settings) -> Option<(std::net::TcpListener, std::net::TcpListener)> {
+    let listen = |addr: std::net::SocketAddr, what: &str| match std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|_| l))
+    {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("terminator: cannot listen on {addr} ({what}): {e}");
+            None
+        }
+    };
+    let http = listen(settings.http, "http")?;
+    let admin = listen(settings.admin, "admin")?;
+    let addr =
+        |l: &std::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    println!(
+        "terminator listening http=http://{} admin=http://{}",
+        addr(&http),
+        addr(&admin)
+    );
+    Some((http, admin))
 }

@@ -11,38 +11,11 @@ use crate::config::Settings;
 use crate::server::{self, Shared};
 use std::process::ExitCode;
 
-pub(crate) fn main(settings: Settings) -> ExitCode {
-    let http = match std::net::TcpListener::bind(settings.http) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("terminator: cannot listen on {} (http): {e}", settings.http);
-            return ExitCode::FAILURE;
-        }
-    };
-    let admin = match std::net::TcpListener::bind(settings.admin) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "terminator: cannot listen on {} (admin): {e}",
-                settings.admin
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Err(e) = http.set_nonblocking(true).and(admin.set_nonblocking(true)) {
-        eprintln!("terminator: {e}");
-        return ExitCode::FAILURE;
-    }
-    // One machine-readable line, so scripts and tests using port 0 learn
-    // the real ports.
-    println!(
-        "terminator listening http=http://{} admin=http://{}",
-        http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        admin
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    );
+pub(crate) fn main(
+    settings: Settings,
+    http: std::net::TcpListener,
+    admin: std::net::TcpListener,
+) -> ExitCode {
     let shared = Shared::default();
     // A shard that fails stops the others: the process then exits with its
     // error instead of running on short of a core.

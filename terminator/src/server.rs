@@ -145,6 +145,7 @@ pub async fn serve(
         }
     }
     draining.store(true, Ordering::SeqCst);
+    let drain_ends = tokio::time::Instant::now() + settings.grace;
     drop(http);
     tracing::info!(
         in_flight = edge.in_flight.load(Ordering::Relaxed),
@@ -160,6 +161,12 @@ pub async fn serve(
         );
     }
     if let Some(t) = admin_task {
+        // The admin port says "draining" until every shard has drained,
+        // not just this one.
+        while edge.in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < drain_ends
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         t.abort();
     }
     Ok(())

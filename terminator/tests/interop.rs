@@ -7,12 +7,7 @@ use testkit::{curl, python_echo_service, terminator};
 
 #[test]
 fn a_libzmq_service_started_with_the_terminator_is_used_as_soon_as_it_is_up() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let ep = format!("tcp://127.0.0.1:{port}");
+    let ep = testkit::free_endpoint();
     // Start order must not matter: the terminator first, the service at
     // the same moment.
     let t = terminator(&format!("/=echo@{ep}"), &[]);

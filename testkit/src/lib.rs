@@ -198,6 +198,13 @@ pub fn backend_svc(dir: &Path, bus: &str, events: &str, extra: &[&str]) -> Proc 
     Proc::start("backend-svc", &args)
 }
 
+/// A `tcp://127.0.0.1:PORT` endpoint nobody listens on (yet): for a peer a
+/// test starts later, or never.
+pub fn free_endpoint() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    format!("tcp://{}", l.local_addr().expect("local addr"))
+}
+
 /// `docs/examples/echo_service.py` (pyzmq, a libzmq ROUTER) bound to
 /// `endpoint` (`tcp://127.0.0.1:*` for any port).
 pub fn python_echo_service(endpoint: &str) -> Proc {

@@ -394,6 +394,29 @@ mod tests {
     }
 
     #[test]
+    fn runtime_layout_defaults_to_per_core_shards_one_per_core() {
+        let s = Settings::load(Args::default()).unwrap();
+        assert_eq!(s.runtime, RuntimeKind::PerCore);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(s.threads, cores);
+        let s = Settings::load(Args {
+            runtime: Some("shared".into()),
+            threads: Some("3".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!((s.runtime, s.threads), (RuntimeKind::Shared, 3));
+        let errs = Settings::load(Args {
+            runtime: Some("green-threads".into()),
+            threads: Some("0".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs[0].contains("per-core or shared"), "{errs:#?}");
+    }
+
+    #[test]
     fn flag_beats_file() {
         let dir = std::env::temp_dir().join(format!("sb-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

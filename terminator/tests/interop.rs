@@ -43,3 +43,31 @@ fn a_libzmq_service_started_with_the_terminator_is_used_as_soon_as_it_is_up() {
     assert!(matches!(r.status, 502 | 503), "{}", r.status);
     assert!(t0.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn both_runtime_layouts_serve_and_count_each_request_and_instance_once() {
+    let py = python_echo_service("tcp://127.0.0.1:*");
+    let route = format!("/=echo@{}", py.addr("bus"));
+    for flags in [
+        &["--runtime", "per-core", "--threads", "2", "--statsd", "off"][..],
+        &["--runtime", "shared", "--threads", "2", "--statsd", "off"][..],
+    ] {
+        let t = terminator(&route, flags);
+        let url = format!("{}/x", t.addr("http"));
+        // Separate curl processes: separate connections, so both shards of
+        // the per-core layout take some.
+        for i in 0..40 {
+            let body = format!("n{i}");
+            let r = curl("POST", &url, Some(body.as_bytes()));
+            assert_eq!((r.status, r.text()), (200, body), "{flags:?}");
+        }
+        let s: serde_json::Value =
+            serde_json::from_slice(&curl("GET", &format!("{}/stats", t.addr("admin")), None).body)
+                .unwrap();
+        assert_eq!(s["counters"]["requests"], 40, "{flags:?}: {s}");
+        assert_eq!(s["latency_ms"]["latency"]["count"], 40, "{flags:?}: {s}");
+        // One instance, reported once however many shards hold a client.
+        assert_eq!(s["gauges"]["bus.echo.endpoints"], 1, "{flags:?}: {s}");
+        assert_eq!(s["gauges"]["bus.echo.connected"], 1, "{flags:?}: {s}");
+    }
+}

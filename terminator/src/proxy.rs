@@ -63,12 +63,15 @@ where
         .unwrap_or_else(request_id::generate);
     let started = Instant::now();
     let mut matched = None;
+    // Kept for the error log only: cloning shares the buffers, where
+    // `path().to_string()` allocated on every request.
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let uri = req.uri().clone();
     let res = match forward(edge, req, &rid, &mut matched).await {
         Ok(r) => r,
         Err(e) => {
             let rid_s = rid.to_str().unwrap_or("");
+            let path = uri.path();
             match e.source() {
                 Source::Downstream => {
                     tracing::debug!(request_id = rid_s, %method, %path, error = %e, "rejected")
@@ -82,6 +85,28 @@ where
     edge.metrics
         .observe(res.status().as_u16(), started.elapsed(), matched.as_deref());
     Ok(res)
+}
+
+/// A header name as bus text; the common ones without an allocation.
+fn header_text(n: &HeaderName) -> bus::Text {
+    const COMMON: [&str; 12] = [
+        "host",
+        "user-agent",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "content-type",
+        "content-length",
+        "cookie",
+        "authorization",
+        "cache-control",
+        "origin",
+        "referer",
+    ];
+    match COMMON.iter().find(|c| **c == n.as_str()) {
+        Some(c) => bus::Text::from_static(c),
+        None => bus::Text::from(n.as_str().to_string()),
+    }
 }
 
 fn method_text(m: &Method) -> bus::Text {
@@ -158,10 +183,7 @@ where
         if hop_by_hop(n) || n == "x-request-id" {
             continue;
         }
-        headers.push((
-            bus::Text::from(n.as_str().to_string()),
-            Bytes::copy_from_slice(v.as_bytes()),
-        ));
+        headers.push((header_text(n), Bytes::copy_from_slice(v.as_bytes())));
     }
     let bus_req = bus::Request {
         service: target.service.clone(),

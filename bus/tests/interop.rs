@@ -59,7 +59,7 @@ import struct, sys, time, zmq
 ep, header, n = sys.argv[1], bytes.fromhex(sys.argv[2]), int(sys.argv[3])
 s = zmq.Context.instance().socket(zmq.DEALER)
 for o, v in ((zmq.LINGER, 0), (zmq.RCVTIMEO, 5000), (zmq.HEARTBEAT_IVL, 100),
-             (zmq.HEARTBEAT_TIMEOUT, 300), (zmq.HEARTBEAT_TTL, 300)):
+             (zmq.HEARTBEAT_TIMEOUT, 700), (zmq.HEARTBEAT_TTL, 700)):
     s.setsockopt(o, v)
 s.connect(ep)
 def round(first):
@@ -68,14 +68,19 @@ def round(first):
     for _ in range(n):
         print(" ".join(f.hex() for f in s.recv_multipart()))
 round(1)
-# Idle for ten heartbeat intervals: the connection must survive on PINGs.
-time.sleep(1.0)
+# Idle for fifteen heartbeat intervals: the connection must survive on
+# PING/PONG alone.
+time.sleep(1.5)
 round(n + 1)
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_libzmq_dealer_calls_a_switchboard_service() {
-    let svc = echo_service(ServiceOptions::new("echo", "tcp://127.0.0.1:0"));
+    // Our own PINGs off: while idle, only our PONGs answer libzmq's PINGs,
+    // so a missing PONG shows as a reconnect.
+    let mut opts = ServiceOptions::new("echo", "tcp://127.0.0.1:0");
+    opts.tuning.heartbeat_ivl = Duration::ZERO;
+    let svc = echo_service(opts);
     let mut req = Request::new("echo", "echo");
     req.budget_us = 5_000_000;
     let header = bus::wire::encode_request(&req).unwrap();
@@ -116,8 +121,9 @@ async fn a_libzmq_dealer_calls_a_switchboard_service() {
     assert_eq!(seen, (1..=100).collect::<Vec<u64>>());
     let s = svc.stats();
     assert_eq!((s.received, s.replied, s.refused_peers), (100, 100, 0));
-    // One connection throughout: the idle second was bridged by PING/PONG
-    // both ways (libzmq drops a peer silent for 300 ms and reconnects).
+    // One connection throughout: the idle 1.5 s was bridged by libzmq's
+    // PINGs and our PONGs (libzmq drops a peer silent for 700 ms after a
+    // PING, and reconnects).
     assert_eq!(s.connections, 1);
 }
 

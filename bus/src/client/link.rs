@@ -25,8 +25,10 @@ use crate::zmtp::connection::{self, Conn, Incoming};
 use crate::zmtp::outbox::Outbox;
 use crate::zmtp::stream::Stream;
 use crate::zmtp::{Endpoint, SocketType};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -44,14 +46,44 @@ pub(crate) struct LinkCtx {
     pub connected: Notify,
 }
 
+/// Every link in the process to one endpoint. When one connects, the
+/// others waiting out a back-off try again at once: a per-core terminator
+/// has a link per shard to every instance, and a service that comes up
+/// must be usable from all of them, not from one now and the rest up to a
+/// back-off later.
+struct Peers {
+    woken: Notify,
+    /// Successful connects so far: a link whose attempt failed while
+    /// another's succeeded retries at once instead of sleeping.
+    connects: AtomicU64,
+}
+
+fn peers(endpoint: &str) -> Arc<Peers> {
+    static ALL: OnceLock<Mutex<HashMap<String, Weak<Peers>>>> = OnceLock::new();
+    let mut all = ALL.get_or_init(Default::default).lock();
+    if let Some(p) = all.get(endpoint).and_then(Weak::upgrade) {
+        return p;
+    }
+    all.retain(|_, w| w.strong_count() > 0);
+    let p = Arc::new(Peers {
+        woken: Notify::new(),
+        connects: AtomicU64::new(0),
+    });
+    all.insert(endpoint.to_string(), Arc::downgrade(&p));
+    p
+}
+
 pub(crate) async fn run(inst: Arc<Instance>, ctx: Arc<LinkCtx>) {
     let Some(ep) = Endpoint::parse(&inst.endpoint) else {
         return;
     };
     let settings = ctx.tuning.settings();
+    let peers = peers(&inst.endpoint);
     let mut delay = ctx.tuning.reconnect_ivl;
     let mut failures = 0u32;
     while !inst.retiring.load(Ordering::Relaxed) {
+        let connects_before = peers.connects.load(Ordering::Acquire);
+        let mut connected = false;
         let attempt = async {
             let stream = Stream::connect(&ep).await?;
             connection::establish(stream, SocketType::Dealer, false, &settings).await
@@ -60,6 +92,9 @@ pub(crate) async fn run(inst: Arc<Instance>, ctx: Arc<LinkCtx>) {
             Ok(conn) => {
                 failures = 0;
                 delay = ctx.tuning.reconnect_ivl;
+                connected = true;
+                peers.connects.fetch_add(1, Ordering::AcqRel);
+                peers.woken.notify_waiters();
                 live(&inst, &ctx, conn).await;
                 if inst.retiring.load(Ordering::Relaxed) {
                     break;
@@ -74,9 +109,19 @@ pub(crate) async fn run(inst: Arc<Instance>, ctx: Arc<LinkCtx>) {
                 }
             }
         }
+        let woken = peers.woken.notified();
+        if !connected && peers.connects.load(Ordering::Acquire) != connects_before {
+            // Another link reached this endpoint while our attempt failed:
+            // try again now. (Never after our own connection ended: a
+            // peer that accepts and drops would make that a busy loop.)
+            continue;
+        }
         tokio::select! {
             _ = tuning::jittered_sleep(delay) => {}
             _ = inst.retire.notified() => {}
+            // Only after a failed attempt: links whose connections a peer
+            // keeps dropping must not wake each other into a busy loop.
+            _ = woken, if !connected => {}
         }
         delay = ctx.tuning.backoff(delay);
     }

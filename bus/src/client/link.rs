@@ -174,11 +174,20 @@ async fn live(inst: &Instance, ctx: &LinkCtx, conn: Conn) {
     }
     ctx.connected.notify_waiters();
     tracing::debug!(service = %ctx.service, endpoint = %inst.endpoint, "instance connected");
-    let mut retired_at: Option<tokio::time::Instant> = None;
-    // Created once: a `Notified` registers with the Notify when polled, so
-    // one per loop turn would take its lock on every read.
-    let retire = inst.retire.notified();
-    tokio::pin!(retire);
+    // Removed from the set: wait until the calls already sent are answered
+    // (or given up), then close. One future for the connection's life, so a
+    // read costs no timer or Notify registration.
+    let retired = async {
+        inst.retire.notified().await;
+        let at = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if inst.outstanding() == 0 && at.elapsed() >= RETIRE_MIN {
+                return;
+            }
+        }
+    };
+    tokio::pin!(retired);
     loop {
         tokio::select! {
             biased;
@@ -202,15 +211,7 @@ async fn live(inst: &Instance, ctx: &LinkCtx, conn: Conn) {
                 }
             }
             _ = &mut writer => return,
-            _ = &mut retire, if retired_at.is_none() => {
-                retired_at = Some(tokio::time::Instant::now());
-            }
-            _ = tokio::time::sleep(Duration::from_millis(5)), if retired_at.is_some() => {
-                let at = retired_at.unwrap_or_else(tokio::time::Instant::now);
-                if inst.outstanding() == 0 && at.elapsed() >= RETIRE_MIN {
-                    return;
-                }
-            }
+            _ = &mut retired => return,
         }
     }
 }

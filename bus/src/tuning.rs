@@ -4,6 +4,7 @@
 use crate::error::SetupError;
 use crate::zmtp::connection::Settings;
 use crate::zmtp::mechanism::Mechanism;
+use crate::zmtp::stream::Listener;
 use crate::zmtp::Endpoint;
 use std::time::Duration;
 
@@ -84,6 +85,24 @@ pub fn check_endpoint(ep: &str) -> Result<(), SetupError> {
 
 pub(crate) fn parse_endpoint(ep: &str) -> Result<Endpoint, SetupError> {
     Endpoint::parse(ep).ok_or_else(|| SetupError::BadEndpoint(ep.to_string()))
+}
+
+/// Binds `endpoint` on the current tokio runtime (services and publishers
+/// alike); returns the runtime, the listener and the endpoint actually bound
+/// (the real port when asked for port 0).
+pub(crate) fn listen(
+    endpoint: &str,
+) -> Result<(tokio::runtime::Handle, Listener, String), SetupError> {
+    let ep = parse_endpoint(endpoint)?;
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| SetupError::NoRuntime)?;
+    let _enter = runtime.enter();
+    let bind_err = |source| SetupError::Bind {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    let listener = Listener::bind(&ep).map_err(bind_err)?;
+    let bound = listener.local_endpoint().map_err(bind_err)?.to_string();
+    Ok((runtime, listener, bound))
 }
 
 /// Waits `d`, give or take 25%, so many callers that lost the same peer do

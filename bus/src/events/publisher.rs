@@ -45,15 +45,7 @@ impl Publisher {
     /// Binds `endpoint` (port 0 picks a free one) and starts the heartbeat
     /// (`None` turns it off). Must be called inside a tokio runtime.
     pub fn bind(endpoint: &str, heartbeat: Option<Duration>) -> Result<Publisher, SetupError> {
-        let ep = tuning::parse_endpoint(endpoint)?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| SetupError::NoRuntime)?;
-        let _enter = runtime.enter();
-        let bind_err = |source| SetupError::Bind {
-            endpoint: endpoint.to_string(),
-            source,
-        };
-        let listener = Listener::bind(&ep).map_err(bind_err)?;
-        let bound = listener.local_endpoint().map_err(bind_err)?.to_string();
+        let (runtime, listener, bound) = tuning::listen(endpoint)?;
         let inner = Arc::new(Inner {
             subs: Mutex::new(HashMap::new()),
             published: AtomicU64::new(0),
@@ -145,16 +137,9 @@ impl Inner {
 async fn accept_loop(listener: Listener, inner: Arc<Inner>) {
     let mut next = 0u64;
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                next += 1;
-                tokio::spawn(serve(stream, inner.clone(), next));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "events: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let stream = listener.next("events").await;
+        next += 1;
+        tokio::spawn(serve(stream, inner.clone(), next));
     }
 }
 

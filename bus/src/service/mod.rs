@@ -196,15 +196,7 @@ impl Service {
         F: Fn(Request, Instant) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Reply> + Send + 'static,
     {
-        let ep = tuning::parse_endpoint(&opts.bind)?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| SetupError::NoRuntime)?;
-        let _enter = runtime.enter();
-        let bind_err = |source| SetupError::Bind {
-            endpoint: opts.bind.clone(),
-            source,
-        };
-        let listener = Listener::bind(&ep).map_err(bind_err)?;
-        let endpoint = listener.local_endpoint().map_err(bind_err)?.to_string();
+        let (runtime, listener, endpoint) = tuning::listen(&opts.bind)?;
         let shared = Arc::new(Shared {
             name: opts.name.clone(),
             counters: Counters::default(),
@@ -298,26 +290,18 @@ where
 {
     let mut next_id = 0u64;
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                next_id += 1;
-                // Registered under the lock before the task can end and
-                // unregister itself.
-                let mut conns = ctx.conns.lock();
-                let task = tokio::spawn(conn::serve(stream, ctx.clone(), next_id));
-                conns.insert(
-                    next_id,
-                    ConnEntry {
-                        outbox: None,
-                        task: task.abort_handle(),
-                    },
-                );
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(service = %ctx.shared.name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let stream = listener.next(&ctx.shared.name).await;
+        next_id += 1;
+        // Registered under the lock before the task can end and unregister
+        // itself.
+        let mut conns = ctx.conns.lock();
+        let task = tokio::spawn(conn::serve(stream, ctx.clone(), next_id));
+        conns.insert(
+            next_id,
+            ConnEntry {
+                outbox: None,
+                task: task.abort_handle(),
+            },
+        );
     }
 }

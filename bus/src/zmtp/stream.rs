@@ -134,7 +134,21 @@ impl Listener {
         })
     }
 
-    pub(crate) async fn accept(&self) -> io::Result<Stream> {
+    /// The next connection; a failed accept (EMFILE and friends) is logged
+    /// and retried after a short pause instead of spinning.
+    pub(crate) async fn next(&self, who: &str) -> Stream {
+        loop {
+            match self.accept().await {
+                Ok(s) => return s,
+                Err(e) => {
+                    tracing::warn!(listener = who, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn accept(&self) -> io::Result<Stream> {
         Ok(match self {
             Listener::Tcp(l) => {
                 let (s, _) = l.accept().await?;

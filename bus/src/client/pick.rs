@@ -26,12 +26,6 @@ pub struct Instance {
     pub(crate) retire: Notify,
 }
 
-impl std::fmt::Debug for Outbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Outbox")
-    }
-}
-
 impl Instance {
     pub(crate) fn new(id: u64, endpoint: &str) -> Instance {
         Instance {

@@ -1,6 +1,6 @@
 //! One caller's connection to a service: requests in, replies out.
 
-use super::{Conns, Shared};
+use super::{Conns, Counters, Shared};
 use crate::wire::{self, ErrorReply, Kind, Message, Reply, Request, Text};
 use crate::zmtp::connection::{self, Incoming, Settings};
 use crate::zmtp::outbox::{Outbox, PushError};
@@ -8,7 +8,7 @@ use crate::zmtp::stream::Stream;
 use crate::zmtp::{SocketType, ZmtpError};
 use bytes::Bytes;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -189,11 +189,7 @@ where
         let req = match wire::decode(header, body) {
             Ok(Message::Request(r)) => r,
             _ => {
-                guard
-                    .shared
-                    .counters
-                    .malformed
-                    .fetch_add(1, Ordering::Relaxed);
+                guard.count(|c| &c.malformed);
                 guard.error(400, "malformed request");
                 return;
             }
@@ -201,11 +197,7 @@ where
         // The budget may have run out while decoding a large request (or,
         // for a 1 µs budget, at all): do no work.
         if Instant::now() >= deadline {
-            guard
-                .shared
-                .counters
-                .expired_on_arrival
-                .fetch_add(1, Ordering::Relaxed);
+            guard.count(|c| &c.expired_on_arrival);
             guard.finish(None);
             return;
         }
@@ -214,11 +206,7 @@ where
         let mut reply = (ctx.handler)(req, deadline).await;
         hist.record_duration(received.elapsed());
         if Instant::now() > deadline {
-            guard
-                .shared
-                .counters
-                .expired_in_handler
-                .fetch_add(1, Ordering::Relaxed);
+            guard.count(|c| &c.expired_in_handler);
             guard.finish(None);
             return;
         }
@@ -259,6 +247,10 @@ struct ReplyGuard {
 }
 
 impl ReplyGuard {
+    fn count(&self, which: impl Fn(&Counters) -> &AtomicU64) {
+        which(&self.shared.counters).fetch_add(1, Ordering::Relaxed);
+    }
+
     /// `None`: nothing to send (expired), but the slot must still be freed.
     fn finish(&mut self, reply: Option<(Vec<u8>, Bytes)>) {
         if let Some(outbox) = self.outbox.take() {
@@ -282,10 +274,7 @@ impl ReplyGuard {
 impl Drop for ReplyGuard {
     fn drop(&mut self) {
         if self.outbox.is_some() {
-            self.shared
-                .counters
-                .handler_failures
-                .fetch_add(1, Ordering::Relaxed);
+            self.count(|c| &c.handler_failures);
             self.error(500, "handler failed");
         }
     }

@@ -45,6 +45,12 @@ pub(crate) struct Outbox {
     max_bytes: usize,
 }
 
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outbox")
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Encoded frames after the last segment.

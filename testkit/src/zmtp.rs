@@ -89,20 +89,25 @@ impl RawPeer {
         }
     }
 
-    /// Whether the peer has closed the connection (reads EOF within
-    /// `timeout`, skipping whatever it still sends).
+    /// Whether the peer has closed the connection within `timeout`.
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
-        self.stream.set_read_timeout(Some(timeout)).unwrap();
-        let mut chunk = [0u8; 4096];
-        let end = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < end {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
-            }
-        }
-        false
+        closed_within(&mut self.stream, timeout)
     }
+}
+
+/// Whether the other side closes `stream` (EOF or reset) within `timeout`,
+/// skipping whatever it still sends.
+pub fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut chunk = [0u8; 4096];
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end {
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+    false
 }

@@ -116,8 +116,9 @@ impl Inner {
             topic: topic.to_string().into(),
             body: Bytes::new(),
         })?;
-        let subs: Vec<Arc<Sub>> = self.subs.lock().values().cloned().collect();
-        for s in subs {
+        // Pushing only takes each subscriber's outbox lock, never this one:
+        // no copy of the list per event.
+        for s in self.subs.lock().values() {
             let wanted = s
                 .topics
                 .read()

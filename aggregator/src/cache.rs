@@ -109,18 +109,16 @@ impl Cache {
             invalidations: AtomicU64::new(0),
         });
         let i = inner.clone();
-        let events = Subscriber::connect(
-            event_endpoints,
-            &[backend_svc::proto::CHANGED_TOPIC],
-            move |ev| match serde_json::from_slice::<serde_json::Value>(&ev.body)
+        let events = Subscriber::connect(event_endpoints, &[kv_proto::CHANGED_TOPIC], move |ev| {
+            match serde_json::from_slice::<serde_json::Value>(&ev.body)
                 .ok()
                 .and_then(|v| v.get("key")?.as_str().map(str::to_owned))
             {
                 Some(key) => i.invalidate(key.as_bytes()),
                 // Cannot tell which key changed: forget everything.
                 None => i.clear(),
-            },
-        )?;
+            }
+        })?;
         Ok(Cache {
             inner,
             events,

@@ -80,10 +80,9 @@ pub async fn echo(req: Request, deadline: Instant) -> Reply {
             r
         }
         _ => {
-            let mut r = crate::json_reply(
-                http::StatusCode::METHOD_NOT_ALLOWED,
-                r#"{"error":"method_not_allowed"}"#,
-            );
+            let mut r =
+                bus::Problem::new(405, "method_not_allowed", "allowed: GET, HEAD, POST, PUT")
+                    .into_reply(req.request_id.as_str());
             r.headers
                 .push(("allow".into(), Bytes::from_static(b"GET, HEAD, POST, PUT")));
             r

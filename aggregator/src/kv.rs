@@ -14,17 +14,25 @@
 //! **Partial failure is all-or-nothing**: if any chunk fails, the request
 //! fails (504 if a chunk timed out, else 503 if the backend was unavailable,
 //! else 502), the other chunks are cancelled (their pending entries leave
-//! the correlation table at once), and the body says how many keys could not
-//! be read. A client never mistakes a failed read for a missing key.
+//! the correlation table at once), and the message says how many keys could
+//! not be read. A client never mistakes a failed read for a missing key.
+//!
+//! Keys arrive percent-decoded (`a%3Ab` is the key `a:b`), so an error
+//! names the key the user meant: `bad%20key` is refused for its space.
+//!
+//! Errors are `bus::Problem`s: a backend call that fails maps through
+//! `Problem::from_call`, the table the terminator uses, so a lost backend
+//! reads the same as a lost aggregator; a backend 4xx passes as it is, a
+//! backend 5xx becomes 502 `upstream_error`.
 //!
 //! Every backend call gets the caller's deadline, so it runs on what is
 //! left of the budget the terminator set.
 
 use crate::cache::Cache;
-use backend_svc::proto;
 use base64::Engine;
-use bus::{CallError, Client, Reply, Request};
+use bus::{CallError, Client, Problem, Reply, Request};
 use bytes::Bytes;
+use kv_proto as proto;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -41,53 +49,55 @@ pub struct Kv {
 impl Kv {
     /// `path` is the request path with its query.
     pub async fn handle(&self, req: &Request, path: &str, deadline: Instant) -> Reply {
+        let rid = req.request_id.as_str();
+        let out = self.route(req, path, deadline).await;
+        out.unwrap_or_else(|p| p.into_reply(rid))
+    }
+
+    async fn route(&self, req: &Request, path: &str, deadline: Instant) -> Result<Reply, Problem> {
         let (route, query) = path.split_once('?').unwrap_or((path, ""));
         let method = req.http_method.as_str();
+        let rid = &req.request_id;
         if route == "/kv" {
             return match method {
-                "GET" | "HEAD" => self.multi_get(query, deadline).await,
-                _ => method_not_allowed("GET"),
+                "GET" | "HEAD" => self.multi_get(query, rid, deadline).await,
+                _ => Ok(method_not_allowed("GET", rid)),
             };
         }
-        let key = &route["/kv/".len()..];
-        if let Err(e) = proto::check_key(key.as_bytes()) {
-            return json_error(400, "bad_key", &e.to_string());
-        }
-        let key = Bytes::copy_from_slice(key.as_bytes());
+        let key = decode_key(&route["/kv/".len()..])?;
         match method {
-            "GET" | "HEAD" => self.get(key, deadline).await,
-            "PUT" => self.put(key, req.body.clone(), deadline).await,
-            "DELETE" => self.delete(key, deadline).await,
-            _ => method_not_allowed("GET, PUT, DELETE"),
+            "GET" | "HEAD" => self.get(key, rid, deadline).await,
+            "PUT" => {
+                self.write(proto::PUT, key, req.body.clone(), rid, deadline)
+                    .await
+            }
+            "DELETE" => {
+                self.write(proto::DELETE, key, Bytes::new(), rid, deadline)
+                    .await
+            }
+            _ => Ok(method_not_allowed("GET, PUT, DELETE", rid)),
         }
     }
 
-    async fn get(&self, key: Bytes, deadline: Instant) -> Reply {
+    async fn get(&self, key: Bytes, rid: &bus::Text, deadline: Instant) -> Result<Reply, Problem> {
         if let Some(v) = self.cache.as_ref().and_then(|c| c.get(&key)) {
-            return value_reply(v);
+            return Ok(value_reply(v));
         }
         let ticket = self.cache.as_ref().map(|c| c.ticket(&key));
         let mut r = Request::new(proto::SERVICE, proto::GET);
         r.path = key.clone().try_into_text();
-        match self.client.call(r, deadline).await {
-            Ok(reply) if reply.status == 200 => {
+        r.request_id = rid.clone();
+        let reply = self.client.call(r, deadline).await;
+        match reply.map_err(|e| Problem::from_call(&e))? {
+            reply if reply.status == 200 => {
                 if let (Some(c), Some(t)) = (&self.cache, ticket) {
                     c.fill(t, key, reply.body.clone());
                 }
-                value_reply(reply.body)
+                Ok(value_reply(reply.body))
             }
-            Ok(reply) if reply.status == 404 => json_error(404, "not_found", "no such key"),
-            Ok(reply) => reply,
-            Err(e) => call_failure(&e),
+            reply if reply.status == 404 => Err(Problem::new(404, "not_found", "no such key")),
+            reply => passed_on(reply),
         }
-    }
-
-    async fn put(&self, key: Bytes, value: Bytes, deadline: Instant) -> Reply {
-        self.write(proto::PUT, key, value, deadline).await
-    }
-
-    async fn delete(&self, key: Bytes, deadline: Instant) -> Reply {
-        self.write(proto::DELETE, key, Bytes::new(), deadline).await
     }
 
     async fn write(
@@ -95,59 +105,70 @@ impl Kv {
         method: &'static str,
         key: Bytes,
         body: Bytes,
+        rid: &bus::Text,
         deadline: Instant,
-    ) -> Reply {
+    ) -> Result<Reply, Problem> {
         let mut r = Request::new(proto::SERVICE, method);
         r.path = key.clone().try_into_text();
         r.body = body;
+        r.request_id = rid.clone();
         let out = self.client.call(r, deadline).await;
         // Whatever the outcome (a timed-out write may still land), this
         // aggregator's copy can no longer be trusted.
         if let Some(c) = &self.cache {
             c.forget(&key);
         }
-        match out {
-            Ok(reply) => reply,
-            Err(e) => call_failure(&e),
-        }
+        passed_on(out.map_err(|e| Problem::from_call(&e))?)
     }
 
-    async fn multi_get(&self, query: &str, deadline: Instant) -> Reply {
-        let mut keys: Vec<&str> = Vec::new();
+    async fn multi_get(
+        &self,
+        query: &str,
+        rid: &bus::Text,
+        deadline: Instant,
+    ) -> Result<Reply, Problem> {
+        let mut raw: Vec<&str> = Vec::new();
         let mut base64_all = false;
         for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
             match (k, v) {
-                ("keys", v) => keys.extend(v.split(',')),
+                ("keys", v) => raw.extend(v.split(',')),
                 ("encoding", "base64") => base64_all = true,
                 ("encoding", "utf8") => {}
                 ("encoding", other) => {
-                    return json_error(
+                    return Err(Problem::new(
                         400,
                         "bad_encoding",
-                        &format!("encoding {other:?}: use utf8 or base64"),
-                    )
+                        format!("encoding {other:?}: use utf8 or base64"),
+                    ))
                 }
                 _ => {}
             }
         }
-        if keys.is_empty() {
-            return json_error(400, "no_keys", "give keys as ?keys=a,b,c");
+        if raw.is_empty() {
+            return Err(Problem::new(400, "no_keys", "give keys as ?keys=a,b,c"));
         }
         // Duplicates would make duplicate JSON members; the first wins.
-        let mut seen = std::collections::HashSet::with_capacity(keys.len());
-        keys.retain(|k| seen.insert(*k));
-        if keys.len() > proto::MAX_MULTI_KEYS {
-            return json_error(
+        let mut seen = std::collections::HashSet::with_capacity(raw.len());
+        raw.retain(|k| seen.insert(*k));
+        if raw.len() > proto::MAX_MULTI_KEYS {
+            return Err(Problem::new(
                 400,
                 "too_many_keys",
-                &proto::KeyError::TooMany(keys.len()).to_string(),
-            );
+                proto::KeyError::TooMany(raw.len()).to_string(),
+            ));
         }
-        for k in &keys {
-            if let Err(e) = proto::check_key(k.as_bytes()) {
-                return json_error(400, "bad_key", &format!("{k:?}: {e}"));
-            }
-        }
+        let decoded = raw
+            .iter()
+            .map(|k| decode_key(k))
+            .collect::<Result<Vec<Bytes>, Problem>>()?;
+        // Checked: ASCII from the key alphabet, so `str` without a copy.
+        let mut keys: Vec<&str> = decoded
+            .iter()
+            .map(|k| std::str::from_utf8(k).unwrap_or_default())
+            .collect();
+        // `a` and `%61` are one key once decoded.
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        keys.retain(|k| seen.insert(*k));
 
         let mut values: Vec<Option<Bytes>> = vec![None; keys.len()];
         let mut missing: Vec<usize> = Vec::with_capacity(keys.len());
@@ -171,6 +192,7 @@ impl Kv {
             };
             let mut r = Request::new(proto::SERVICE, proto::MULTI_GET);
             r.body = proto::encode_keys(&chunk_keys);
+            r.request_id = rid.clone();
             let client = self.client.clone();
             calls.spawn(async move {
                 let n = idx.len();
@@ -184,14 +206,15 @@ impl Kv {
             });
         }
         let mut read = 0usize;
-        let mut worst: Option<u16> = None;
+        let mut worst: Option<Problem> = None;
         while let Some(joined) = calls.join_next().await {
             let (idx, tickets, out) = match joined {
                 Ok(done) => done,
                 // Aborted below after another chunk failed.
                 Err(e) if e.is_cancelled() => continue,
                 Err(_) => {
-                    worst = Some(worst.map_or(502, |w| rank(w, 502)));
+                    let p = Failure::Status(500).problem();
+                    worst = Some(worst.map_or(p.clone(), |w| rank(w, p)));
                     calls.abort_all();
                     continue;
                 }
@@ -210,24 +233,51 @@ impl Kv {
                     if let Failure::Protocol(m) = &f {
                         tracing::warn!(error = %m, "backend kv.multi_get reply malformed");
                     }
-                    let s = f.status();
-                    worst = Some(worst.map_or(s, |w| rank(w, s)));
+                    let p = f.problem();
+                    worst = Some(match worst {
+                        None => p,
+                        Some(w) => rank(w, p),
+                    });
                     // All-or-nothing: stop waiting for the rest.
                     calls.abort_all();
                 }
             }
         }
-        if let Some(status) = worst {
-            let body = serde_json::json!({
-                "error": "partial_failure",
-                "message": "some keys could not be read; no values are returned",
-                "failed_keys": missing.len() - read,
-                "keys": keys.len(),
-            });
-            return json_body(status, body.to_string());
+        if let Some(mut p) = worst {
+            p.message = format!(
+                "{} of {} keys could not be read ({}); no values are returned",
+                missing.len() - read,
+                keys.len(),
+                p.message
+            )
+            .into();
+            return Err(p);
         }
-        json_body(200, render(&keys, &values, base64_all))
+        Ok(json_body(200, render(&keys, &values, base64_all)))
     }
+}
+
+/// A key from the path or the key list, percent-decoded, then checked.
+fn decode_key(raw: &str) -> Result<Bytes, Problem> {
+    let key: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    match proto::check_key(&key) {
+        Ok(()) => Ok(Bytes::from(key)),
+        Err(e) => Err(Problem::new(
+            400,
+            "bad_key",
+            format!("key {:?}: {e}", String::from_utf8_lossy(&key)),
+        )),
+    }
+}
+
+/// A backend reply on its way to the client: success and 4xx as they
+/// are (a 4xx is already a `Problem` body from backend-svc), a failure
+/// status through the one table.
+fn passed_on(reply: Reply) -> Result<Reply, Problem> {
+    if reply.status >= 500 {
+        return Err(Problem::upstream(reply.status, ""));
+    }
+    Ok(reply)
 }
 
 enum Failure {
@@ -237,50 +287,30 @@ enum Failure {
 }
 
 impl Failure {
-    fn status(&self) -> u16 {
+    fn problem(&self) -> Problem {
         match self {
-            Failure::Call(e) => call_status(e),
-            Failure::Status(503) => 503,
-            Failure::Status(504) => 504,
-            Failure::Status(_) | Failure::Protocol(_) => 502,
+            Failure::Call(e) => Problem::from_call(e),
+            // The keys were checked here first: a 4xx is a backend fault.
+            Failure::Status(s @ (503 | 504)) => Problem::upstream(*s, ""),
+            Failure::Status(_) => Problem::upstream(500, ""),
+            Failure::Protocol(_) => Problem::from_call(&CallError::Protocol(String::new())),
         }
     }
 }
 
 /// Picks the status a multi-get reports when chunks failed differently:
 /// a timeout explains the most (the budget is gone), then unavailability.
-fn rank(a: u16, b: u16) -> u16 {
+fn rank(a: Problem, b: Problem) -> Problem {
     let order = |s| match s {
         504 => 3,
         503 => 2,
         _ => 1,
     };
-    if order(b) > order(a) {
+    if order(b.status) > order(a.status) {
         b
     } else {
         a
     }
-}
-
-fn call_status(e: &CallError) -> u16 {
-    match e {
-        CallError::Timeout => 504,
-        CallError::NoInstance(_) | CallError::Overloaded(_) | CallError::Disconnected => 503,
-        CallError::Remote { status: 503, .. } => 503,
-        CallError::Remote { status: 504, .. } => 504,
-        CallError::Remote { .. } | CallError::Protocol(_) => 502,
-    }
-}
-
-fn call_failure(e: &CallError) -> Reply {
-    let status = call_status(e);
-    let code = match status {
-        504 => "backend_timeout",
-        503 => "backend_unavailable",
-        _ => "backend_error",
-    };
-    tracing::debug!(error = %e, "backend call failed");
-    json_error(status, code, &e.to_string())
 }
 
 fn render(keys: &[&str], values: &[Option<Bytes>], base64_all: bool) -> String {
@@ -333,15 +363,9 @@ fn json_body(status: u16, body: String) -> Reply {
     r
 }
 
-pub fn json_error(status: u16, code: &str, message: &str) -> Reply {
-    json_body(
-        status,
-        serde_json::json!({ "error": code, "message": message }).to_string(),
-    )
-}
-
-fn method_not_allowed(allow: &'static str) -> Reply {
-    let mut r = json_error(405, "method_not_allowed", &format!("allowed: {allow}"));
+fn method_not_allowed(allow: &'static str, rid: &bus::Text) -> Reply {
+    let mut r = Problem::new(405, "method_not_allowed", format!("allowed: {allow}"))
+        .into_reply(rid.as_str());
     r.headers
         .push(("allow".into(), Bytes::from_static(allow.as_bytes())));
     r
@@ -383,8 +407,10 @@ mod tests {
 
     #[test]
     fn worst_status_wins() {
-        assert_eq!(rank(502, 503), 503);
-        assert_eq!(rank(504, 503), 504);
-        assert_eq!(rank(503, 502), 503);
+        let p = |s| Problem::upstream(s, "");
+        assert_eq!(rank(p(502), p(503)).status, 503);
+        assert_eq!(rank(p(504), p(503)).status, 504);
+        assert_eq!(rank(p(503), p(502)).status, 503);
+        assert_eq!(rank(p(502), p(500)).code, "upstream_error");
     }
 }

@@ -12,8 +12,7 @@ pub mod cache;
 pub mod echo;
 pub mod kv;
 
-use bus::{Client, ClientOptions, Reply, Request, Service, ServiceOptions};
-use bytes::Bytes;
+use bus::{Client, ClientOptions, Problem, Reply, Request, Service, ServiceOptions};
 use clap::Parser;
 use http::StatusCode;
 use std::future::Future;
@@ -26,8 +25,8 @@ use tokio::time::Instant;
 
 pub const DEFAULT_BUS: &str = "tcp://127.0.0.1:8100";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8101";
-pub const DEFAULT_BACKEND: &str = backend_svc::DEFAULT_BUS;
-pub const DEFAULT_BACKEND_EVENTS: &str = backend_svc::DEFAULT_EVENTS;
+pub const DEFAULT_BACKEND: &str = kv_proto::DEFAULT_BUS;
+pub const DEFAULT_BACKEND_EVENTS: &str = kv_proto::DEFAULT_EVENTS;
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// Switchboard aggregator: composes responses for the web.
@@ -125,7 +124,7 @@ pub struct App {
 
 impl App {
     pub fn new(args: &Args) -> Result<App, bus::SetupError> {
-        let mut opts = ClientOptions::new(backend_svc::proto::SERVICE);
+        let mut opts = ClientOptions::new(kv_proto::SERVICE);
         opts.endpoints = args.backend.clone();
         let client = Arc::new(Client::connect(opts)?);
         let cache = if args.cache {
@@ -149,7 +148,16 @@ impl App {
     /// The bus handler: routes on the HTTP path the terminator forwarded.
     pub async fn handle(&self, req: Request, deadline: Instant) -> Reply {
         if req.method.as_str() != "http" {
-            return json_reply(StatusCode::NOT_FOUND, r#"{"error":"unknown_method"}"#);
+            // A reply, not an error frame: the caller sees this 404 as is.
+            return Problem::new(
+                404,
+                "unknown_method",
+                format!(
+                    "the aggregator serves only the `http` method, not {:?}",
+                    req.method.as_str()
+                ),
+            )
+            .into_reply(req.request_id.as_str());
         }
         let full = req.path.clone();
         let path = full.split('?').next().unwrap_or("");
@@ -158,18 +166,10 @@ impl App {
         } else if path == "/kv" || path.starts_with("/kv/") {
             self.kv.handle(&req, &full, deadline).await
         } else {
-            json_reply(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#)
+            Problem::new(404, "not_found", "no such page: try /echo or /kv/{key}")
+                .into_reply(req.request_id.as_str())
         }
     }
-}
-
-pub fn json_reply(status: StatusCode, body: &'static str) -> Reply {
-    let mut r = Reply::with_body(status.as_u16(), Bytes::from_static(body.as_bytes()));
-    r.headers.push((
-        "content-type".into(),
-        Bytes::from_static(b"application/json"),
-    ));
-    r
 }
 
 /// Serves until `shutdown`, then drains for at most `grace`.
@@ -236,7 +236,7 @@ pub async fn run(
 fn watch_backend(o: discovery::EtcdOptions, app: Arc<App>, args: &Args) -> discovery::Watcher {
     let static_bus = args.backend.clone();
     let static_events = args.backend_events.clone();
-    let prefix = discovery::Registration::service_prefix(backend_svc::proto::SERVICE);
+    let prefix = discovery::Registration::service_prefix(kv_proto::SERVICE);
     discovery::Watcher::start(o, prefix, move |snap| {
         let (bus, events): (Vec<String>, Vec<String>) = if snap.is_empty() {
             (static_bus.clone(), static_events.clone())
@@ -296,28 +296,8 @@ impl svc_host::admin::Admin for AdminPages {
         let s = self.svc.stats();
         let c = self.app.kv.client.stats();
         let v = serde_json::json!({
-            "service": {
-                "in_flight": s.in_flight,
-                "received": s.received,
-                "replied": s.replied,
-                "expired_on_arrival": s.expired_on_arrival,
-                "expired_in_handler": s.expired_in_handler,
-                "overloaded": s.overloaded,
-                "malformed": s.malformed,
-                "handler_failures": s.handler_failures,
-            },
-            "backend": {
-                "calls": c.calls,
-                "replies": c.replies,
-                "timeouts": c.timeouts,
-                "no_instance": c.no_instance,
-                "overloaded": c.overloaded,
-                "disconnected": c.disconnected,
-                "protocol": c.protocol,
-                "late": c.late,
-                "unknown": c.unknown,
-                "pending": c.pending,
-            },
+            "service": s.to_json(),
+            "backend": c.to_json(),
             "cache": self.app.kv.cache.as_ref().map(|c| c.stats()),
         });
         Some((StatusCode::OK, v.to_string()))
@@ -326,23 +306,35 @@ impl svc_host::admin::Admin for AdminPages {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let (problems, metrics, runtime, admin, grace) = (
-        args.problems(),
-        args.metrics.clone(),
-        args.runtime.clone(),
-        args.admin,
-        args.grace,
-    );
-    svc_host::service_main(
-        "aggregator",
-        problems,
-        &metrics,
-        &runtime,
-        admin,
-        |listener, at| {
-            run(args, listener, bus::signal::shutdown(), grace, move |ep| {
-                println!("aggregator listening bus={ep} admin=http://{at}");
-            })
-        },
-    )
+    let metrics = args.metrics.settings().ok();
+    let process = match svc_host::Process::start("aggregator", args.problems(), metrics.as_ref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let admin = match process.bind(args.admin, "admin") {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let at = admin
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    process.run(args.runtime.layout(), admin, move |shard| {
+        let (args, at) = (args.clone(), at.clone());
+        let grace = args.grace;
+        async move {
+            let admin = shard.admin.ok_or("no admin listener")?;
+            run(
+                args,
+                admin,
+                svc_host::signal::shutdown(),
+                grace,
+                move |ep| {
+                    println!("aggregator listening bus={ep} admin=http://{at}");
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+    })
 }

@@ -1,10 +1,12 @@
 //! Bus requests to store operations: validation first, so that bad input
-//! costs no disk work, then the store, then a reply.
+//! costs no disk work, then the store, then a reply. Errors are replies in
+//! the one client-visible shape (`bus::Problem`), so the aggregator can
+//! pass a 4xx on as it is.
 
-use crate::proto::{self, check_key};
 use crate::store::{Op, Store, WriteError};
-use bus::{Reply, Request};
+use bus::{Problem, Reply, Request};
 use bytes::Bytes;
+use kv_proto::{self as proto, check_key};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -19,39 +21,41 @@ impl Kv {
     }
 
     pub async fn handle(&self, req: Request, deadline: Instant) -> Reply {
-        match req.method.as_str() {
+        let out = match req.method.as_str() {
             proto::GET => self.get(req.path.as_bytes()),
             proto::PUT => self.put(req.path.as_bytes(), req.body, deadline).await,
             proto::DELETE => self.delete(req.path.as_bytes(), deadline).await,
             proto::MULTI_GET => self.multi_get(&req.body),
-            other => error(404, &format!("unknown method {other:?}")),
-        }
+            other => Err(Problem::new(
+                404,
+                "unknown_method",
+                format!("unknown method {other:?}"),
+            )),
+        };
+        out.unwrap_or_else(|p| p.into_reply(req.request_id.as_str()))
     }
 
-    fn get(&self, key: &[u8]) -> Reply {
-        if let Err(e) = check_key(key) {
-            return error(400, &e.to_string());
-        }
+    fn get(&self, key: &[u8]) -> Result<Reply, Problem> {
+        check_key(key).map_err(bad_key)?;
         match self.store.get(key) {
-            Ok(Some(v)) => Reply::with_body(200, v),
-            Ok(None) => Reply::new(404),
-            Err(e) => store_failure(e),
+            Ok(Some(v)) => Ok(Reply::with_body(200, v)),
+            Ok(None) => Ok(Reply::new(404)),
+            Err(e) => Err(store_failure(e)),
         }
     }
 
-    async fn put(&self, key: &Bytes, value: Bytes, deadline: Instant) -> Reply {
-        if let Err(e) = check_key(key) {
-            return error(400, &e.to_string());
-        }
+    async fn put(&self, key: &Bytes, value: Bytes, deadline: Instant) -> Result<Reply, Problem> {
+        check_key(key).map_err(bad_key)?;
         if value.len() > self.max_value {
-            return error(
+            return Err(Problem::new(
                 413,
-                &format!(
+                "value_too_large",
+                format!(
                     "value is {} bytes; the limit is {}",
                     value.len(),
                     self.max_value
                 ),
-            );
+            ));
         }
         write_reply(
             self.store
@@ -60,57 +64,53 @@ impl Kv {
         )
     }
 
-    async fn delete(&self, key: &Bytes, deadline: Instant) -> Reply {
-        if let Err(e) = check_key(key) {
-            return error(400, &e.to_string());
-        }
+    async fn delete(&self, key: &Bytes, deadline: Instant) -> Result<Reply, Problem> {
+        check_key(key).map_err(bad_key)?;
         write_reply(self.store.write(Op::Delete(key.clone()), deadline).await)
     }
 
-    fn multi_get(&self, body: &[u8]) -> Reply {
-        let keys = match proto::decode_keys(body) {
-            Ok(k) => k,
-            Err(e) => return error(400, &e.to_string()),
-        };
+    fn multi_get(&self, body: &[u8]) -> Result<Reply, Problem> {
+        let keys = proto::decode_keys(body).map_err(bad_key)?;
         let mut values = Vec::with_capacity(keys.len());
         for k in keys {
-            match self.store.get(k) {
-                Ok(v) => values.push(v),
-                Err(e) => return store_failure(e),
-            }
+            values.push(self.store.get(k).map_err(store_failure)?);
         }
-        Reply::with_body(200, proto::encode_values(&values))
+        Ok(Reply::with_body(200, proto::encode_values(&values)))
     }
 }
 
-fn write_reply(r: Result<(), WriteError>) -> Reply {
+fn bad_key(e: proto::KeyError) -> Problem {
+    let code = match e {
+        proto::KeyError::TooMany(_) => "too_many_keys",
+        _ => "bad_key",
+    };
+    Problem::new(400, code, e.to_string())
+}
+
+fn write_reply(r: Result<(), WriteError>) -> Result<Reply, Problem> {
     match r {
-        Ok(()) => Reply::new(204),
+        Ok(()) => Ok(Reply::new(204)),
         // The bus service drops a reply past the deadline anyway; the caller
         // sees its own timeout.
-        Err(WriteError::Expired) => error(504, "deadline passed before the write started"),
-        Err(WriteError::QueueFull) => error(503, "write queue full"),
-        Err(WriteError::Closed) => error(503, "store closing"),
+        Err(WriteError::Expired) => Err(Problem::new(
+            504,
+            "deadline_exceeded",
+            "deadline passed before the write started",
+        )),
+        Err(WriteError::QueueFull) => {
+            Err(Problem::new(503, "overloaded", "write queue full; retry later").retry_after(1))
+        }
+        Err(WriteError::Closed) => {
+            Err(Problem::new(503, "overloaded", "store closing; retry later").retry_after(1))
+        }
         Err(WriteError::Store(e)) => {
             tracing::error!(error = %e, "write failed");
-            error(500, "store failure")
+            Err(Problem::new(500, "internal_error", "store failure"))
         }
     }
 }
 
-fn store_failure(e: crate::store::StoreError) -> Reply {
+fn store_failure(e: crate::store::StoreError) -> Problem {
     tracing::error!(error = %e, "read failed");
-    error(500, "store failure")
-}
-
-/// An application-level error reply: the status, and a JSON body the
-/// aggregator passes on to HTTP clients.
-fn error(status: u16, message: &str) -> Reply {
-    let body = serde_json::json!({ "error": message }).to_string();
-    let mut r = Reply::with_body(status, Bytes::from(body));
-    r.headers.push((
-        "content-type".into(),
-        Bytes::from_static(b"application/json"),
-    ));
-    r
+    Problem::new(500, "internal_error", "store failure")
 }

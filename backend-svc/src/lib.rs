@@ -2,16 +2,18 @@
 //!
 //! # Layout
 //!
-//! - [`proto`]: the service's methods and body encodings on the bus (also
-//!   used by callers such as the aggregator).
+//! The methods and body encodings it serves are in the `kv-proto` crate,
+//! shared with its callers.
+//!
 //! - [`store`]: fjall behind a group-committing writer thread.
 //! - [`handler`]: bus requests → store operations → replies.
 //! - [`run`]: binds the bus service, the events publisher and the admin
 //!   listener; drains on stop.
 
 pub mod handler;
-pub mod proto;
 pub mod store;
+
+use kv_proto as proto;
 
 use clap::Parser;
 use std::future::Future;
@@ -22,9 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-pub const DEFAULT_BUS: &str = "tcp://127.0.0.1:8200";
+pub const DEFAULT_BUS: &str = kv_proto::DEFAULT_BUS;
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8201";
-pub const DEFAULT_EVENTS: &str = "tcp://127.0.0.1:8202";
+pub const DEFAULT_EVENTS: &str = kv_proto::DEFAULT_EVENTS;
 pub const DEFAULT_DATA_DIR: &str = "./data/backend";
 /// Matches the terminator's default body limit: any value a client can PUT
 /// through the edge can be stored.
@@ -212,16 +214,7 @@ impl svc_host::admin::Admin for AdminPages {
         let s = self.svc.stats();
         let st = self.store.stats();
         let v = serde_json::json!({
-            "service": {
-                "in_flight": self.svc.in_flight(),
-                "received": s.received,
-                "replied": s.replied,
-                "expired_on_arrival": s.expired_on_arrival,
-                "expired_in_handler": s.expired_in_handler,
-                "overloaded": s.overloaded,
-                "malformed": s.malformed,
-                "handler_failures": s.handler_failures,
-            },
+            "service": s.to_json(),
             "store": {
                 "writes": st.writes.load(Ordering::Relaxed),
                 "batches": st.batches.load(Ordering::Relaxed),
@@ -243,27 +236,33 @@ pub enum RunError {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let (problems, metrics, runtime, admin, grace) = (
-        args.problems(),
-        args.metrics.clone(),
-        args.runtime.clone(),
-        args.admin,
-        args.grace,
-    );
-    let data_dir = args.data_dir.display().to_string();
-    svc_host::service_main(
-        "backend-svc",
-        problems,
-        &metrics,
-        &runtime,
-        admin,
-        |listener, at| {
-            run(args, listener, bus::signal::shutdown(), grace, move |b| {
+    let metrics = args.metrics.settings().ok();
+    let process = match svc_host::Process::start("backend-svc", args.problems(), metrics.as_ref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let admin = match process.bind(args.admin, "admin") {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let at = admin
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    process.run(args.runtime.layout(), admin, move |shard| {
+        let (args, at) = (args.clone(), at.clone());
+        let data_dir = args.data_dir.display().to_string();
+        let grace = args.grace;
+        async move {
+            let admin = shard.admin.ok_or("no admin listener")?;
+            run(args, admin, svc_host::signal::shutdown(), grace, move |b| {
                 println!(
                     "backend-svc listening bus={} events={} admin=http://{at} data={data_dir}",
                     b.bus, b.events
                 );
             })
-        },
-    )
+            .await
+            .map_err(|e| e.to_string())
+        }
+    })
 }

@@ -1,7 +1,7 @@
 //! What a bus call can end in, besides a reply.
 //!
-//! Each variant maps to exactly one HTTP status in the terminator (see
-//! `terminator::rescue`), and says whether trying again may help.
+//! Each variant maps to exactly one HTTP status and error code in
+//! [`Problem::from_call`](crate::problem::Problem::from_call).
 
 use crate::wire::{DecodeError, EncodeError};
 
@@ -30,17 +30,6 @@ pub enum CallError {
     /// The service answered with a bus-level error of this status.
     #[error("remote error {status}: {message}")]
     Remote { status: u16, message: String },
-}
-
-impl CallError {
-    /// Whether the same call may succeed if tried again (on another instance
-    /// or a little later). Timeouts are not: the budget is spent.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            CallError::NoInstance(_) | CallError::Overloaded(_) | CallError::Disconnected
-        )
-    }
 }
 
 impl From<DecodeError> for CallError {

@@ -21,8 +21,9 @@
 //!   heartbeat so subscribers can tell a quiet stream from a broken one.
 //! - [`table`]: the correlation table of pending calls.
 //! - [`tuning`]: connection settings and the endpoint check.
-//! - [`signal`]: SIGTERM/SIGINT, shared by every binary.
 //! - [`error`]: [`CallError`], what a call can end in besides a reply.
+//! - [`problem`]: [`Problem`], the one JSON shape of a client-visible
+//!   error, and the one table from bus failure to HTTP status.
 //!
 //! # Threading
 //!
@@ -37,8 +38,8 @@ pub mod client;
 pub mod error;
 pub mod events;
 mod metrics;
+pub mod problem;
 pub mod service;
-pub mod signal;
 pub mod table;
 pub mod tuning;
 pub mod wire;
@@ -47,6 +48,7 @@ pub mod zmtp;
 pub use client::{Client, ClientOptions, ClientStats, Instance};
 pub use error::{CallError, SetupError};
 pub use events::{Publisher, Subscriber};
+pub use problem::Problem;
 pub use service::{Service, ServiceMonitor, ServiceOptions, ServiceStats};
 pub use tuning::{check_endpoint, Tuning};
 pub use wire::{ErrorReply, Event, Headers, Message, Reply, Request, Text};

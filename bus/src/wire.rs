@@ -89,8 +89,6 @@ pub enum DecodeError {
     TrailingBytes(usize),
     #[error("expected 2 frames (header, body), got {0}")]
     FrameCount(usize),
-    #[error("expected a {expected:?} message, got {got:?}")]
-    UnexpectedKind { expected: Kind, got: Kind },
 }
 
 /// `Bytes` known to hold UTF-8. Cheap to clone; a slice of the frame it was
@@ -556,15 +554,6 @@ pub fn decode(header: Bytes, body: Bytes) -> Result<Message, DecodeError> {
     };
     r.finish()?;
     Ok(m)
-}
-
-/// Decodes a list of frames as received from a DEALER socket: exactly a
-/// header and a body.
-pub fn decode_frames(frames: &[Bytes]) -> Result<Message, DecodeError> {
-    match frames {
-        [h, b] => decode(h.clone(), b.clone()),
-        other => Err(DecodeError::FrameCount(other.len())),
-    }
 }
 
 #[cfg(test)]

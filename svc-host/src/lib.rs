@@ -6,74 +6,20 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/stats`, `/stats/histograms` and
 //!   process-specific JSON pages.
 //! - [`metrics`]: the `--statsd*` / `--metrics` flags and the statsd flush.
-//! - [`service_main`]: the whole life of a bus service binary (arguments,
-//!   logging, statsd, runtime, admin listener, drain).
-//! - [`init_tracing`], [`runtime`]: process setup shared by the binaries.
+//! - [`process`]: the life of every binary, terminator included:
+//!   arguments, logging, statsd, listeners, runtime layout, exit code.
+//! - [`signal`]: SIGTERM/SIGINT, on which every binary drains.
+//! - [`init_tracing`]: logging, set up the same way everywhere.
 //! - [`parse_duration`]: `250ms`, `2s`, `1m`, `1h` in flags, env and files.
 
 pub mod admin;
 pub mod metrics;
+pub mod process;
+pub mod signal;
 
-use std::fmt::Display;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::process::ExitCode;
+pub use process::{Layout, Process, Shard};
+
 use std::time::Duration;
-use tokio::net::TcpListener;
-
-/// The whole life of a bus service binary around its `serve`: every
-/// argument problem reported (exit 2), logging, the statsd flush, the
-/// runtime and the admin listener; `serve(admin listener, admin address)`
-/// runs until the signal has drained it.
-pub fn service_main<F, Fut, E>(
-    name: &str,
-    problems: Vec<String>,
-    metrics: &metrics::MetricsArgs,
-    runtime_args: &RuntimeArgs,
-    admin: SocketAddr,
-    serve: F,
-) -> ExitCode
-where
-    F: FnOnce(TcpListener, String) -> Fut,
-    Fut: Future<Output = Result<(), E>>,
-    E: Display,
-{
-    if !problems.is_empty() {
-        for p in problems {
-            eprintln!("{name}: {p}");
-        }
-        return ExitCode::from(2);
-    }
-    init_tracing();
-    let _statsd = metrics.settings().ok().and_then(|m| m.start(name));
-    let rt = match runtime(runtime_args.threads) {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{name}: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
-        let listener = match TcpListener::bind(admin).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("{name}: cannot listen on {admin} (admin): {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        match serve(listener, addr).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{name}: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    })
-}
 
 /// Logs to stderr, filtered by `SWITCHBOARD_LOG` (default `info`).
 pub fn init_tracing() {
@@ -95,20 +41,9 @@ pub struct RuntimeArgs {
     pub threads: Option<u16>,
 }
 
-/// The tokio runtime a service binary runs on: work-stealing with one
-/// worker per core by default, a single thread for `--threads 1`.
-pub fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
-    match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n as usize)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
+impl RuntimeArgs {
+    pub fn layout(&self) -> Layout {
+        Layout::Shared(self.threads.map(usize::from))
     }
 }
 

@@ -355,7 +355,11 @@ impl Settings {
             check_route(r, &mut errors);
         }
         for (i, a) in routes.iter().enumerate() {
-            if routes[..i].iter().any(|b| b.prefix == a.prefix) {
+            // `/api` and `/api/` are one route.
+            let same = |b: &Route| {
+                crate::routes::normalize(&b.prefix) == crate::routes::normalize(&a.prefix)
+            };
+            if routes[..i].iter().any(same) {
                 errors.push(format!("route prefix `{}` given twice", a.prefix));
             }
         }
@@ -435,6 +439,20 @@ mod tests {
         assert_eq!(s.timeout, Duration::from_secs(3));
         assert_eq!(s.max_body, 10);
         assert_eq!(s.routes[0].timeout, Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_prefix_given_twice_is_refused_with_or_without_its_slash() {
+        let errs = Settings::load(Args {
+            routes: vec![
+                "/api=a@tcp://127.0.0.1:1".into(),
+                "/api/=b@tcp://127.0.0.1:2".into(),
+            ],
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(errs[0].contains("given twice"), "{errs:#?}");
     }
 
     #[test]

@@ -11,9 +11,13 @@
 //! - [`metrics`]: counters and latency histograms per route and class.
 //! - [`request_id`]: accept or generate `x-request-id`.
 //! - [`server`]: accept loops, admin endpoints, graceful drain; a process
-//!   is one or more shards (`server::serve`).
-//! - `per_core`: the default runtime layout, one single-threaded shard per
-//!   core.
+//!   is one or more shards (`server::serve`): one single-threaded shard
+//!   per core by default (`--runtime per-core`), so a request never leaves
+//!   the thread that accepted it, or one work-stealing runtime
+//!   (`--runtime shared`); docs/benchmarks.md has the comparison.
+//!
+//! `main` is the process skeleton all three binaries share
+//! (`svc_host::Process`).
 
 pub mod config;
 pub mod metrics;
@@ -24,84 +28,37 @@ pub mod rescue;
 pub mod routes;
 pub mod server;
 
-mod per_core;
-
 use clap::Parser;
 use std::process::ExitCode;
+use svc_host::{Layout, Process};
 
 pub use server::run;
 
 pub use svc_host::init_tracing;
 
-/// The binary: parse, validate (all errors at once), bind, serve, drain.
+/// The binary: the process skeleton every Switchboard binary shares
+/// (`svc_host::Process`), with the HTTP listener bound beside the admin
+/// one and shared by every shard.
 pub fn main() -> ExitCode {
-    let args = config::Args::parse();
-    let settings = match config::Settings::load(args) {
-        Ok(s) => s,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("terminator: {e}");
-            }
-            return ExitCode::from(2);
-        }
+    let loaded = config::Settings::load(config::Args::parse());
+    let problems = loaded.as_ref().err().cloned().unwrap_or_default();
+    let metrics = loaded.as_ref().ok().map(|s| &s.metrics);
+    let process = match Process::start("terminator", problems, metrics) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
-    init_tracing();
-    let _statsd = settings.metrics.start("terminator");
-    let Some((http, admin)) = bind(&settings) else {
-        return ExitCode::FAILURE;
+    let Ok(settings) = loaded else {
+        return ExitCode::from(2);
     };
-    if settings.runtime == config::RuntimeKind::PerCore {
-        return per_core::main(settings, http, admin);
-    }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.threads)
-        .enable_all()
-        .build()
+    let (http, admin) = match process
+        .bind(settings.http, "http")
+        .and_then(|h| Ok((h, process.bind(settings.admin, "admin")?)))
     {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("terminator: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Ok(l) => l,
+        Err(code) => return code,
     };
-    rt.block_on(async move {
-        let listeners = tokio::net::TcpListener::from_std(http)
-            .and_then(|h| Ok((h, tokio::net::TcpListener::from_std(admin)?)));
-        let (http, admin) = match listeners {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("terminator: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        match run(settings, http, admin, bus::signal::shutdown()).await {
-            Ok(()) => {
-                tracing::info!("stopped");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("terminator: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    })
-}
-
-/// Binds the HTTP and admin ports (non-blocking, for tokio) and prints the
-/// one machine-readable line through which scripts and tests using port 0
-/// learn the real ports.
-fn bind(settings: &config::Settings) -> Option<(std::net::TcpListener, std::net::TcpListener)> {
-    let listen = |addr: std::net::SocketAddr, what: &str| match std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|_| l))
-    {
-        Ok(l) => Some(l),
-        Err(e) => {
-            eprintln!("terminator: cannot listen on {addr} ({what}): {e}");
-            None
-        }
-    };
-    let http = listen(settings.http, "http")?;
-    let admin = listen(settings.admin, "admin")?;
+    // The one machine-readable line through which scripts and tests using
+    // port 0 learn the real ports.
     let addr =
         |l: &std::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     println!(
@@ -109,5 +66,20 @@ fn bind(settings: &config::Settings) -> Option<(std::net::TcpListener, std::net:
         addr(&http),
         addr(&admin)
     );
-    Some((http, admin))
+    let layout = match settings.runtime {
+        config::RuntimeKind::PerCore => Layout::PerCore(settings.threads),
+        config::RuntimeKind::Shared => Layout::Shared(Some(settings.threads)),
+    };
+    let shared = server::Shared::default();
+    process.run(layout, admin, move |shard| {
+        let (settings, shared) = (settings.clone(), shared.clone());
+        let http = http.try_clone();
+        async move {
+            let http = tokio::net::TcpListener::from_std(http?)?;
+            let shutdown = shard.shutdown();
+            server::serve(settings, http, shard.admin, shared, shutdown)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        }
+    })
 }

@@ -5,10 +5,10 @@
 //! add per counter, one lock-free histogram record for all routes and one
 //! for the route and status class. Route histograms are created when the
 //! route table is built, never on the request path.
+//!
+//! A leaf: it knows nothing of routes or the request path; they hand it
+//! what to count.
 
-use crate::proxy::Edge;
-use crate::rescue::EdgeError;
-use crate::routes::Target;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -49,17 +49,17 @@ impl EdgeMetrics {
     }
 
     /// Causes counted apart from their status.
-    pub fn failed(&self, e: &EdgeError) {
-        match e {
-            EdgeError::Shed => self.shed.inc(),
-            EdgeError::NoRoute => self.no_route.inc(),
-            EdgeError::Call(bus::CallError::NoInstance(_)) => self.no_instance.inc(),
-            _ => {}
+    pub fn failed(&self, cause: Cause) {
+        match cause {
+            Cause::Shed => self.shed.inc(),
+            Cause::NoRoute => self.no_route.inc(),
+            Cause::NoInstance => self.no_instance.inc(),
         }
     }
 
-    /// Every request, once, when its response is ready.
-    pub fn observe(&self, status: u16, took: Duration, target: Option<&Target>) {
+    /// Every request, once, when its response is ready; `route` is the
+    /// matched route's histograms.
+    pub fn observe(&self, status: u16, took: Duration, route: Option<&RouteHists>) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.requests.inc();
         self.by_class[class].inc();
@@ -68,16 +68,26 @@ impl EdgeMetrics {
         }
         let us = took.as_micros().min(u64::MAX as u128) as u64;
         self.latency.record(us);
-        if let Some(t) = target {
-            t.hists.by_class[class].record(us);
+        if let Some(r) = route {
+            r.by_class[class].record(us);
         }
         telemetry::statsd::sample_timer(us);
     }
 }
 
-impl telemetry::Source for Edge {
-    fn visit(&self, v: &mut dyn telemetry::Visitor) {
-        let m = &self.metrics;
+/// Failures counted apart from their status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Shed,
+    NoRoute,
+    NoInstance,
+}
+
+impl EdgeMetrics {
+    /// Reports under `switchboard.terminator.`; `in_flight` is the
+    /// process's count.
+    pub fn visit(&self, v: &mut dyn telemetry::Visitor, in_flight: usize) {
+        let m = self;
         v.counter("requests", m.requests.get());
         for (i, c) in CLASSES.iter().enumerate() {
             v.counter(&format!("status.{c}"), m.by_class[i].get());
@@ -86,24 +96,13 @@ impl telemetry::Source for Edge {
         v.counter("shed", m.shed.get());
         v.counter("no_instance", m.no_instance.get());
         v.counter("no_route", m.no_route.get());
-        v.gauge("in_flight", self.in_flight.load(Ordering::Relaxed) as i64);
+        v.gauge("in_flight", in_flight as i64);
         v.gauge("connections", m.connections.load(Ordering::Relaxed));
         v.histogram("latency", &m.latency);
         for (prefix, r) in m.routes.lock().iter() {
             let route = telemetry::sanitize(prefix);
             for (i, c) in CLASSES.iter().enumerate() {
                 v.histogram(&format!("route.{route}.{c}.latency"), &r.by_class[i]);
-            }
-        }
-        // Endpoints per service, from the table as it stands.
-        let table = self.routes.current();
-        let mut seen = std::collections::BTreeSet::new();
-        for t in table.targets() {
-            if seen.insert(t.service.as_str().to_string()) {
-                v.gauge(
-                    &format!("endpoints.{}", telemetry::sanitize(t.service.as_str())),
-                    t.client.instances().len() as i64,
-                );
             }
         }
     }

@@ -1,14 +1,19 @@
 //! The request path: HTTP request → bus request → reply → HTTP response.
 //!
 //! ```text
-//! request id ─► in-flight limit ─► header size ─► route ─► body (limited)
+//! request id ─► route ─► in-flight limit ─► head checks ─► body (limited)
 //!   ─► bus::Request ─► Client::call(deadline) ─► reply ─► HTTP response
 //!           every failure ─► rescue() (one status per cause)
 //! ```
+//!
+//! Whatever the client sent that the bus cannot carry (a header name over
+//! 255 bytes, a value over 65 535, a path over 65 535) is refused here,
+//! as the client's fault (431, 414), before anything is encoded.
 
+use crate::metrics::Cause;
 use crate::request_id;
 use crate::rescue::{rescue, EdgeError, Source};
-use crate::routes::Routes;
+use crate::routes::{Routes, Target};
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -62,12 +67,12 @@ where
         .cloned()
         .unwrap_or_else(request_id::generate);
     let started = Instant::now();
-    let mut matched = None;
+    let target = edge.routes.find(req.uri().path());
     // Kept for the error log only: cloning shares the buffers, where
     // `path().to_string()` allocated on every request.
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let res = match forward(edge, req, &rid, &mut matched).await {
+    let res = match forward(edge, req, &rid, target.as_deref()).await {
         Ok(r) => r,
         Err(e) => {
             let rid_s = rid.to_str().unwrap_or("");
@@ -78,12 +83,22 @@ where
                 }
                 _ => tracing::warn!(request_id = rid_s, %method, %path, error = %e, "failed"),
             }
-            edge.metrics.failed(&e);
+            match e {
+                EdgeError::Shed => edge.metrics.failed(Cause::Shed),
+                EdgeError::NoRoute => edge.metrics.failed(Cause::NoRoute),
+                EdgeError::Call(bus::CallError::NoInstance(_)) => {
+                    edge.metrics.failed(Cause::NoInstance)
+                }
+                _ => {}
+            }
             rescue(&e, &rid)
         }
     };
-    edge.metrics
-        .observe(res.status().as_u16(), started.elapsed(), matched.as_deref());
+    edge.metrics.observe(
+        res.status().as_u16(),
+        started.elapsed(),
+        target.as_deref().map(|t| &*t.hists),
+    );
     Ok(res)
 }
 
@@ -122,11 +137,60 @@ fn method_text(m: &Method) -> bus::Text {
     }
 }
 
+/// Longest name and value a bus header carries (`str8`, `str16`).
+const MAX_NAME: usize = u8::MAX as usize;
+const MAX_VALUE: usize = u16::MAX as usize;
+
+/// The first 40 characters of a header name, for an error message.
+fn shown(name: &str) -> String {
+    match name.char_indices().nth(40) {
+        Some((i, _)) => format!("{}…", &name[..i]),
+        None => name.to_string(),
+    }
+}
+
+/// What in the head the bus cannot carry, or what is over
+/// `--max-header-bytes`: the reason, for a 431.
+fn check_head(headers: &http::HeaderMap, max_bytes: usize) -> Result<(), EdgeError> {
+    let mut total = 0usize;
+    for (n, v) in headers {
+        let name = n.as_str();
+        if name.len() > MAX_NAME {
+            return Err(EdgeError::HeadersTooLarge(format!(
+                "header name `{}` is {} bytes; the limit is {MAX_NAME}",
+                shown(name),
+                name.len()
+            )));
+        }
+        if v.len() > MAX_VALUE {
+            return Err(EdgeError::HeadersTooLarge(format!(
+                "header `{}` has a {}-byte value; the limit is {MAX_VALUE}",
+                shown(name),
+                v.len()
+            )));
+        }
+        total += name.len() + v.len() + 4;
+    }
+    if headers.len() > u16::MAX as usize {
+        return Err(EdgeError::HeadersTooLarge(format!(
+            "{} headers; the limit is {}",
+            headers.len(),
+            u16::MAX
+        )));
+    }
+    if total > max_bytes {
+        return Err(EdgeError::HeadersTooLarge(format!(
+            "request head is {total} bytes; the limit is {max_bytes}"
+        )));
+    }
+    Ok(())
+}
+
 async fn forward<B>(
     edge: &Edge,
     req: Request<B>,
     rid: &HeaderValue,
-    matched: &mut Option<std::sync::Arc<crate::routes::Target>>,
+    target: Option<&Target>,
 ) -> Result<Response<Full<Bytes>>, EdgeError>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -138,19 +202,15 @@ where
     }
     let _in_flight = InFlight(&edge.in_flight);
 
-    let head_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    if head_bytes > edge.max_header_bytes {
-        return Err(EdgeError::HeadersTooLarge);
+    let target = target.ok_or(EdgeError::NoRoute)?;
+    check_head(req.headers(), edge.max_header_bytes)?;
+    let path_len = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    if path_len > u16::MAX as usize {
+        return Err(EdgeError::UriTooLong(path_len));
     }
-    let target = edge
-        .routes
-        .find(req.uri().path())
-        .ok_or(EdgeError::NoRoute)?;
-    *matched = Some(target.clone());
+    if req.method().as_str().len() > MAX_NAME {
+        return Err(EdgeError::Malformed("method over 255 bytes"));
+    }
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
@@ -158,7 +218,7 @@ where
             .and_then(|s| s.parse().ok())
             .ok_or(EdgeError::Malformed("content-length"))?;
         if len > edge.max_body as u64 {
-            return Err(EdgeError::BodyTooLarge);
+            return Err(EdgeError::BodyTooLarge(edge.max_body));
         }
     }
     let (parts, body) = req.into_parts();
@@ -166,7 +226,7 @@ where
     let body = match Limited::new(body, edge.max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(EdgeError::BodyTooLarge)
+            return Err(EdgeError::BodyTooLarge(edge.max_body))
         }
         Err(_) => return Err(EdgeError::Malformed("body could not be read")),
     };
@@ -175,9 +235,6 @@ where
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    if path.len() > u16::MAX as usize {
-        return Err(EdgeError::HeadersTooLarge);
-    }
     let mut headers = Vec::with_capacity(parts.headers.len());
     for (n, v) in &parts.headers {
         if hop_by_hop(n) || n == "x-request-id" {
@@ -220,4 +277,23 @@ fn to_response(reply: bus::Reply, rid: &HeaderValue) -> Result<Response<Full<Byt
     }
     h.insert("x-request-id", rid.clone());
     Ok(res)
+}
+
+/// Reports under `switchboard.terminator.`: the edge's counters and
+/// histograms, and the endpoints per service in the table as it stands.
+impl telemetry::Source for Edge {
+    fn visit(&self, v: &mut dyn telemetry::Visitor) {
+        self.metrics
+            .visit(v, self.in_flight.load(Ordering::Relaxed));
+        let table = self.routes.current();
+        let mut seen = std::collections::BTreeSet::new();
+        for t in table.targets() {
+            if seen.insert(t.service.as_str()) {
+                v.gauge(
+                    &format!("endpoints.{}", telemetry::sanitize(t.service.as_str())),
+                    t.client.instances().len() as i64,
+                );
+            }
+        }
+    }
 }

@@ -1,8 +1,13 @@
-//! Every way a request can fail, and the one function that maps each to an
-//! HTTP status. Error bodies are small JSON with the request id; internal
-//! error text is logged, never sent.
+//! Every way a request can fail at the edge, and the one function that
+//! turns each into a response.
+//!
+//! The status and code of each cause are decided here for the edge's own
+//! causes and in `bus::Problem::from_call` for bus failures (the same table
+//! the aggregator uses); the body is `bus::Problem::body`, the one shape
+//! every client-visible error has. Internal error text is logged, never
+//! sent.
 
-use bus::CallError;
+use bus::{CallError, Problem};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
@@ -12,10 +17,15 @@ use http_body_util::Full;
 pub enum EdgeError {
     #[error("no route for the path")]
     NoRoute,
-    #[error("request body over the limit")]
-    BodyTooLarge,
-    #[error("request headers over the limit")]
-    HeadersTooLarge,
+    #[error("request body over the {0}-byte limit")]
+    BodyTooLarge(usize),
+    /// The head is over `--max-header-bytes`, or a header cannot travel on
+    /// the bus (a name over 255 bytes, a value over 65 535): the reason.
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// Path and query over the 65 535 bytes the bus can carry.
+    #[error("path and query are {0} bytes; the limit is 65535")]
+    UriTooLong(usize),
     #[error("malformed request: {0}")]
     Malformed(&'static str),
     #[error("over the in-flight limit")]
@@ -38,58 +48,54 @@ impl EdgeError {
     pub fn source(&self) -> Source {
         match self {
             EdgeError::NoRoute
-            | EdgeError::BodyTooLarge
-            | EdgeError::HeadersTooLarge
+            | EdgeError::BodyTooLarge(_)
+            | EdgeError::HeadersTooLarge(_)
+            | EdgeError::UriTooLong(_)
             | EdgeError::Malformed(_) => Source::Downstream,
             EdgeError::Shed => Source::Internal,
             EdgeError::Call(_) | EdgeError::BadReply(_) => Source::Upstream,
         }
     }
 
-    /// (status, stable error code for clients, Retry-After seconds)
-    pub fn classify(&self) -> (StatusCode, &'static str, Option<u32>) {
-        use StatusCode as S;
+    /// What the client is told: the README's error table.
+    pub fn problem(&self) -> Problem {
         match self {
-            EdgeError::NoRoute => (S::NOT_FOUND, "no_route", None),
-            EdgeError::BodyTooLarge => (S::PAYLOAD_TOO_LARGE, "body_too_large", None),
-            EdgeError::HeadersTooLarge => (
-                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                None,
-            ),
-            EdgeError::Malformed(_) => (S::BAD_REQUEST, "malformed_request", None),
-            EdgeError::Shed => (S::SERVICE_UNAVAILABLE, "overloaded", Some(1)),
-            EdgeError::Call(e) => match e {
-                CallError::Timeout => (S::GATEWAY_TIMEOUT, "deadline_exceeded", None),
-                CallError::NoInstance(_) => (S::SERVICE_UNAVAILABLE, "no_instance", Some(1)),
-                CallError::Overloaded(_) => (S::SERVICE_UNAVAILABLE, "overloaded", Some(1)),
-                CallError::Disconnected => (S::BAD_GATEWAY, "upstream_disconnected", None),
-                CallError::Protocol(_) => (S::BAD_GATEWAY, "bad_reply", None),
-                CallError::Remote { .. } => (S::BAD_GATEWAY, "upstream_error", None),
-            },
-            EdgeError::BadReply(_) => (S::BAD_GATEWAY, "bad_reply", None),
+            EdgeError::NoRoute => Problem::new(404, "no_route", "no route matches the path"),
+            // The client's own request: the reason is theirs to see.
+            EdgeError::BodyTooLarge(_) => Problem::new(413, "body_too_large", self.to_string()),
+            EdgeError::HeadersTooLarge(why) => Problem::new(431, "headers_too_large", why.clone()),
+            EdgeError::UriTooLong(_) => Problem::new(414, "uri_too_long", self.to_string()),
+            EdgeError::Malformed(_) => Problem::new(400, "malformed_request", self.to_string()),
+            EdgeError::Shed => Problem::new(
+                503,
+                "overloaded",
+                "too many requests in flight; retry later",
+            )
+            .retry_after(1),
+            EdgeError::Call(e) => Problem::from_call(e),
+            EdgeError::BadReply(_) => Problem::from_call(&CallError::Protocol(String::new())),
         }
     }
 }
 
 /// The one place an error becomes a response.
 pub fn rescue(err: &EdgeError, request_id: &HeaderValue) -> Response<Full<Bytes>> {
-    let (status, code, retry) = err.classify();
+    respond(&err.problem(), request_id)
+}
+
+/// `problem` as an HTTP response with the request id.
+pub fn respond(problem: &Problem, request_id: &HeaderValue) -> Response<Full<Bytes>> {
     let rid = request_id.to_str().unwrap_or("");
-    let body = serde_json::json!({
-        "error": code,
-        "status": status.as_u16(),
-        "request_id": rid,
-    });
-    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
-    *res.status_mut() = status;
+    let mut res = Response::new(Full::new(problem.body(rid)));
+    *res.status_mut() =
+        StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     h.insert("x-request-id", request_id.clone());
-    if let Some(s) = retry {
+    if let Some(s) = problem.retry_after {
         h.insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
     res
@@ -100,49 +106,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_cause_has_its_status() {
-        let cases: Vec<(EdgeError, u16)> = vec![
-            (EdgeError::NoRoute, 404),
-            (EdgeError::BodyTooLarge, 413),
-            (EdgeError::HeadersTooLarge, 431),
-            (EdgeError::Malformed("x"), 400),
-            (EdgeError::Shed, 503),
-            (CallError::Timeout.into(), 504),
-            (CallError::NoInstance("a".into()).into(), 503),
-            (CallError::Overloaded("q").into(), 503),
-            (CallError::Disconnected.into(), 502),
-            (CallError::Protocol("p".into()).into(), 502),
+    fn every_edge_cause_has_its_status() {
+        let cases: Vec<(EdgeError, u16, &str)> = vec![
+            (EdgeError::NoRoute, 404, "no_route"),
+            (EdgeError::BodyTooLarge(10), 413, "body_too_large"),
             (
-                CallError::Remote {
-                    status: 500,
-                    message: "secret".into(),
-                }
-                .into(),
-                502,
+                EdgeError::HeadersTooLarge("x".into()),
+                431,
+                "headers_too_large",
             ),
-            (EdgeError::BadReply("status"), 502),
+            (EdgeError::UriTooLong(70_000), 414, "uri_too_long"),
+            (EdgeError::Malformed("x"), 400, "malformed_request"),
+            (EdgeError::Shed, 503, "overloaded"),
+            (CallError::Timeout.into(), 504, "deadline_exceeded"),
+            (CallError::Disconnected.into(), 502, "upstream_disconnected"),
+            (EdgeError::BadReply("status"), 502, "bad_reply"),
         ];
         let rid = HeaderValue::from_static("rid-1");
-        for (e, status) in cases {
+        for (e, status, code) in cases {
             let r = rescue(&e, &rid);
             assert_eq!(r.status().as_u16(), status, "{e}");
             assert_eq!(r.headers()["x-request-id"], "rid-1");
+            assert_eq!(r.headers()["content-type"], "application/json");
+            assert_eq!(&*e.problem().code, code);
         }
-    }
-
-    #[test]
-    fn shed_has_retry_after_and_no_internal_text() {
-        let r = rescue(
-            &CallError::Remote {
-                status: 500,
-                message: "db password wrong".into(),
-            }
-            .into(),
-            &HeaderValue::from_static("r"),
-        );
-        let body = format!("{:?}", r.body());
-        assert!(!body.contains("password"));
-        let r = rescue(&EdgeError::Shed, &HeaderValue::from_static("r"));
+        let r = rescue(&EdgeError::Shed, &rid);
         assert_eq!(r.headers()["retry-after"], "1");
     }
 }

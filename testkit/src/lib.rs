@@ -209,14 +209,24 @@ pub fn free_endpoint() -> String {
 /// `endpoint` (`tcp://127.0.0.1:*` for any port).
 pub fn python_echo_service(endpoint: &str) -> Proc {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/echo_service.py");
+    python_service(&script, &[endpoint])
+}
+
+/// A Python bus service (Debian's python3 with pyzmq) that prints a
+/// listening line like the workspace's binaries.
+pub fn python_service(script: &Path, args: &[&str]) -> Proc {
     let mut cmd = Command::new("/usr/bin/python3");
-    cmd.arg(script).arg(endpoint);
+    cmd.arg(script).args(args);
+    let name = script
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let log = std::env::temp_dir().join(format!(
-        "switchboard-test-echo-py-{}-{}.log",
+        "switchboard-test-{name}-{}-{}.log",
         std::process::id(),
         fastish_id()
     ));
-    Proc::start_command("echo_service.py", cmd, log)
+    Proc::start_command(&name, cmd, log)
 }
 
 /// The terminator on port 0 (HTTP and admin) with one `--route`; `extra`
@@ -238,6 +248,8 @@ pub fn terminator(route: &str, extra: &[&str]) -> Proc {
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
+    /// The final response's headers, names in lowercase.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -245,11 +257,29 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// One request with curl (a real HTTP client, separate process). `body`
 /// is sent as is (binary safe) when given. Status 0: no HTTP response.
 pub fn curl(method: &str, url: &str, body: Option<&[u8]>) -> Response {
+    curl_with(method, url, body, &[])
+}
+
+/// [`curl`] with extra request headers (`"name: value"`).
+pub fn curl_with(method: &str, url: &str, body: Option<&[u8]>, headers: &[&str]) -> Response {
+    let dump = std::env::temp_dir().join(format!(
+        "switchboard-curl-{}-{}.head",
+        std::process::id(),
+        fastish_id()
+    ));
     let mut cmd = Command::new("curl");
     cmd.args([
         "-s",
@@ -262,7 +292,9 @@ pub fn curl(method: &str, url: &str, body: Option<&[u8]>) -> Response {
         "-",
         "-w",
         "\n%{http_code}",
-    ]);
+        "-D",
+    ])
+    .arg(&dump);
     if body.is_some() {
         cmd.args([
             "--data-binary",
@@ -270,6 +302,9 @@ pub fn curl(method: &str, url: &str, body: Option<&[u8]>) -> Response {
             "-H",
             "content-type: application/octet-stream",
         ]);
+    }
+    for h in headers {
+        cmd.args(["-H", h]);
     }
     cmd.arg(url)
         .stdin(Stdio::piped())
@@ -291,7 +326,21 @@ pub fn curl(method: &str, url: &str, body: Option<&[u8]>) -> Response {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
     raw.truncate(nl);
-    Response { status, body: raw }
+    let head = std::fs::read_to_string(&dump).unwrap_or_default();
+    let _ = std::fs::remove_file(&dump);
+    // The last block: a 100 Continue comes first when there is one.
+    let last = head.trim_end().rsplit("\r\n\r\n").next().unwrap_or("");
+    let headers = last
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: raw,
+    }
 }
 
 /// Polls `f` every 10 ms until it is true or `bound` passes.

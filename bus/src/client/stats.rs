@@ -35,31 +35,52 @@ pub struct ClientStats {
     pub unknown: u64,
     /// Frames from a service that were not a (header, body) pair.
     pub malformed_frames: u64,
+    /// Also counted in `overloaded`: an instance's connection queue was
+    /// full.
+    pub send_queue_full: u64,
     pub pending: usize,
+}
+
+impl ClientStats {
+    /// Every counter with its name: the one place the names are written,
+    /// for telemetry (`bus.<service>.<name>`) and admin pages alike.
+    pub fn counters(&self) -> [(&'static str, u64); 11] {
+        [
+            ("calls", self.calls),
+            ("replies", self.replies),
+            ("timeouts", self.timeouts),
+            ("no_instance", self.no_instance),
+            ("overloaded", self.overloaded),
+            ("send_queue_full", self.send_queue_full),
+            ("disconnected", self.disconnected),
+            ("protocol_errors", self.protocol),
+            ("late", self.late),
+            ("unknown_replies", self.unknown),
+            ("malformed_frames", self.malformed_frames),
+        ]
+    }
+
+    /// The counters and `pending`, as a JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m: serde_json::Map<String, serde_json::Value> = self
+            .counters()
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
+        m.insert("pending".into(), self.pending.into());
+        m.into()
+    }
 }
 
 /// Reports as `bus.<service>.*` (docs/operations.md has the catalogue).
 impl telemetry::Source for Shared {
     fn visit(&self, v: &mut dyn telemetry::Visitor) {
         let p = format!("bus.{}", telemetry::sanitize(&self.service));
-        let c = &self.counters;
-        let t = &self.table.stats;
-        for (name, a) in [
-            ("calls", &c.calls),
-            ("replies", &c.replies),
-            ("timeouts", &c.timeouts),
-            ("no_instance", &c.no_instance),
-            ("overloaded", &c.overloaded),
-            ("send_queue_full", &c.send_queue_full),
-            ("disconnected", &c.disconnected),
-            ("protocol_errors", &c.protocol),
-            ("late", &t.late),
-            ("unknown_replies", &t.unknown),
-            ("malformed_frames", &c.malformed_frames),
-        ] {
-            v.counter(&format!("{p}.{name}"), a.load(Ordering::Relaxed));
+        let s = self.stats();
+        for (name, n) in s.counters() {
+            v.counter(&format!("{p}.{name}"), n);
         }
-        v.gauge(&format!("{p}.pending"), self.table.len() as i64);
+        v.gauge(&format!("{p}.pending"), s.pending as i64);
         if self.report_instances {
             let insts = self.instances.read().clone();
             v.gauge(&format!("{p}.endpoints"), insts.len() as i64);
@@ -87,6 +108,7 @@ impl Shared {
             late: t.late.load(Ordering::Relaxed),
             unknown: t.unknown.load(Ordering::Relaxed),
             malformed_frames: c.malformed_frames.load(Ordering::Relaxed),
+            send_queue_full: c.send_queue_full.load(Ordering::Relaxed),
             pending: self.table.len(),
         }
     }

@@ -96,6 +96,36 @@ pub struct ServiceStats {
     pub in_flight: usize,
 }
 
+impl ServiceStats {
+    /// Every counter with its name: the one place the names are written,
+    /// for telemetry (`service.<name>`) and the admin `/stats` page alike.
+    pub fn counters(&self) -> [(&'static str, u64); 10] {
+        [
+            ("received", self.received),
+            ("replied", self.replied),
+            ("overloaded", self.overloaded),
+            ("expired_on_arrival", self.expired_on_arrival),
+            ("expired_in_handler", self.expired_in_handler),
+            ("malformed", self.malformed),
+            ("undeliverable", self.undeliverable),
+            ("handler_failures", self.handler_failures),
+            ("refused_peers", self.refused_peers),
+            ("connections", self.connections),
+        ]
+    }
+
+    /// The counters and `in_flight`, as a JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m: serde_json::Map<String, serde_json::Value> = self
+            .counters()
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
+        m.insert("in_flight".into(), self.in_flight.into());
+        m.into()
+    }
+}
+
 struct Shared {
     name: String,
     counters: Counters,
@@ -107,22 +137,11 @@ struct Shared {
 /// Reports as `service.*` (one service per process by convention).
 impl telemetry::Source for Shared {
     fn visit(&self, v: &mut dyn telemetry::Visitor) {
-        let c = &self.counters;
-        for (name, a) in [
-            ("received", &c.received),
-            ("replied", &c.replied),
-            ("overloaded", &c.overloaded),
-            ("expired_on_arrival", &c.expired_on_arrival),
-            ("expired_in_handler", &c.expired_in_handler),
-            ("malformed", &c.malformed),
-            ("undeliverable", &c.undeliverable),
-            ("handler_failures", &c.handler_failures),
-            ("refused_peers", &c.refused_peers),
-            ("connections", &c.connections),
-        ] {
-            v.counter(&format!("service.{name}"), a.load(Ordering::Relaxed));
+        let s = self.stats();
+        for (name, n) in s.counters() {
+            v.counter(&format!("service.{name}"), n);
         }
-        v.gauge("service.in_flight", self.in_flight() as i64);
+        v.gauge("service.in_flight", s.in_flight as i64);
         self.methods.visit("service", v);
     }
 }

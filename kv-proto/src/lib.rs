@@ -1,5 +1,10 @@
 //! The `backend` service's methods as they travel on the bus: what callers
-//! (the aggregator, or any `bus` client) and the service agree on.
+//! (the aggregator, or any `bus` client) and the service agree on. A crate
+//! of its own so that a caller needs neither backend-svc nor its store.
+//!
+//! # Layout
+//!
+//! One module: method names, [`check_key`], and the `kv.multi_get` codecs.
 //!
 //! | method | request | reply |
 //! |---|---|---|
@@ -27,6 +32,10 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub const SERVICE: &str = "backend";
+/// Where backend-svc listens by convention (bus, and events for
+/// `kv.changed`).
+pub const DEFAULT_BUS: &str = "tcp://127.0.0.1:8200";
+pub const DEFAULT_EVENTS: &str = "tcp://127.0.0.1:8202";
 pub const GET: &str = "kv.get";
 pub const PUT: &str = "kv.put";
 pub const DELETE: &str = "kv.delete";
@@ -49,10 +58,20 @@ pub enum KeyError {
     Empty,
     #[error("key is {0} bytes; the limit is {MAX_KEY_LEN}")]
     TooLong(usize),
-    #[error("key holds byte 0x{0:02x}; keys are ASCII letters, digits and {KEY_PUNCTUATION}")]
+    #[error("key holds {}; keys are ASCII letters, digits and {KEY_PUNCTUATION}", shown_byte(*.0))]
     BadByte(u8),
     #[error("{0} keys asked for; the limit is {MAX_MULTI_KEYS}")]
     TooMany(usize),
+}
+
+/// `a space (byte 0x20)`, `"/" (byte 0x2f)`, `byte 0xc3`: what the user
+/// typed, where it is printable.
+fn shown_byte(b: u8) -> String {
+    match b {
+        b' ' => "a space (byte 0x20)".into(),
+        0x21..=0x7e => format!("{:?} (byte 0x{b:02x})", b as char),
+        _ => format!("byte 0x{b:02x}"),
+    }
 }
 
 pub fn check_key(k: &[u8]) -> Result<(), KeyError> {

@@ -16,7 +16,8 @@ Usage:
                   [--service pyhello] [--route /py ...] [--ttl 10] [--advertise HOST]
   etcd_service.py --selftest
 
-Prints one line once bound and (when --etcd is given) registered:
+Prints one line once bound and, with --etcd, registered (if etcd does not
+answer, it says so on stderr, prints the line anyway and keeps trying):
   etcd_service listening bus=tcp://127.0.0.1:41234 key=/switchboard/services/pyhello/host-4242-1a2b3c4d
 SIGTERM or SIGINT revokes the lease (the key disappears at once), keeps
 serving for 0.5 s while callers notice, then exits 0.

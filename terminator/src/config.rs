@@ -16,6 +16,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+/// Retries: 20% of calls plus 10 a second, over 10 s (Finagle's and
+/// Linkerd's defaults).
+pub const DEFAULT_RETRY_BUDGET: &str = "0.2,10,10s";
 
 /// How the terminator uses the machine's cores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +59,10 @@ pub struct Settings {
     pub max_body: usize,
     pub max_header_bytes: usize,
     pub max_in_flight: usize,
+    /// Adaptive admission per upstream service (`admission.rs`).
+    pub admission: bool,
+    /// (ratio, minimum per second, window); `None`: no retries.
+    pub retry_budget: Option<(f64, u32, Duration)>,
     pub header_read_timeout: Duration,
     pub grace: Duration,
     pub runtime: RuntimeKind,
@@ -84,6 +91,8 @@ impl Default for Settings {
             max_body: DEFAULT_MAX_BODY,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            admission: true,
+            retry_budget: parse_retry_budget(DEFAULT_RETRY_BUDGET).expect("valid default"),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             grace: DEFAULT_GRACE,
             runtime: RuntimeKind::PerCore,
@@ -123,9 +132,18 @@ pub struct Args {
     /// Largest request head (all header names and values) in bytes [default: 16384]
     #[arg(long, env = "SWITCHBOARD_MAX_HEADER_BYTES")]
     pub max_header_bytes: Option<String>,
-    /// Requests in flight before new ones get 503 [default: 10000]
+    /// Requests in flight before new ones get 503: the hard ceiling, per
+    /// process and per upstream service [default: 10000]
     #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<String>,
+    /// adaptive (each upstream service's in-flight limit follows its
+    /// latency; over it, 503 at once) or off [default: adaptive]
+    #[arg(long, env = "SWITCHBOARD_ADMISSION")]
+    pub admission: Option<String>,
+    /// Retries to another instance: RATIO,PER_SEC,WINDOW (a share of calls
+    /// plus a floor per second, over a window) or off [default: 0.2,10,10s]
+    #[arg(long, env = "SWITCHBOARD_RETRY_BUDGET")]
+    pub retry_budget: Option<String>,
     /// Time a client has to send its request head [default: 5s]
     #[arg(long, env = "SWITCHBOARD_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<String>,
@@ -154,6 +172,8 @@ struct File {
     max_body: Option<usize>,
     max_header_bytes: Option<usize>,
     max_in_flight: Option<usize>,
+    admission: Option<String>,
+    retry_budget: Option<String>,
     header_read_timeout: Option<String>,
     grace: Option<String>,
     runtime: Option<String>,
@@ -173,6 +193,27 @@ mod opt_duration {
         s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
             .transpose()
     }
+}
+
+/// `RATIO,PER_SEC,WINDOW` (`0.2,10,10s`) or `off`.
+pub fn parse_retry_budget(v: &str) -> Result<Option<(f64, u32, Duration)>, String> {
+    if v == "off" {
+        return Ok(None);
+    }
+    let bad = || format!("`{v}` is not RATIO,PER_SEC,WINDOW (e.g. 0.2,10,10s) or off");
+    let parts: Vec<&str> = v.split(',').map(str::trim).collect();
+    let [ratio, per_sec, window] = parts[..] else {
+        return Err(bad());
+    };
+    let ratio: f64 = ratio.parse().map_err(|_| bad())?;
+    let per_sec: u32 = per_sec.parse().map_err(|_| bad())?;
+    let window = parse_duration(window)?;
+    if !(0.0..=10.0).contains(&ratio) || window.is_zero() {
+        return Err(format!(
+            "`{v}`: the ratio must be 0 to 10 and the window above 0"
+        ));
+    }
+    Ok(Some((ratio, per_sec, window)))
 }
 
 /// `PREFIX=SERVICE@EP[,EP...][;TIMEOUT]`
@@ -216,6 +257,15 @@ fn check_route(r: &Route, errors: &mut Vec<String>) {
 }
 
 impl Settings {
+    /// How each upstream service's limiter and retry budget are made.
+    pub fn upstream_policy(&self) -> crate::upstream::Policy {
+        crate::upstream::Policy {
+            adaptive: self.admission,
+            max_in_flight: self.max_in_flight,
+            retries: self.retry_budget,
+        }
+    }
+
     /// Merges defaults, the config file, the environment and the flags
     /// (clap has already put env under flags). All errors at once.
     pub fn load(args: Args) -> Result<Settings, Vec<String>> {
@@ -310,6 +360,27 @@ impl Settings {
             e,
         );
         pick("grace", args.grace, file.grace, dur, &mut s.grace, e);
+        let admission = |v: &str| match v {
+            "adaptive" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(format!("`{v}` is not adaptive or off")),
+        };
+        pick(
+            "admission",
+            args.admission,
+            file.admission,
+            admission,
+            &mut s.admission,
+            e,
+        );
+        pick(
+            "retry_budget",
+            args.retry_budget,
+            file.retry_budget,
+            parse_retry_budget,
+            &mut s.retry_budget,
+            e,
+        );
         let runtime = |v: &str| match v {
             "per-core" => Ok(RuntimeKind::PerCore),
             "shared" => Ok(RuntimeKind::Shared),
@@ -453,6 +524,27 @@ mod tests {
         .unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:#?}");
         assert!(errs[0].contains("given twice"), "{errs:#?}");
+    }
+
+    #[test]
+    fn admission_and_retry_budget() {
+        let s = Settings::load(Args::default()).unwrap();
+        assert!(s.admission);
+        assert_eq!(s.retry_budget, Some((0.2, 10, Duration::from_secs(10))));
+        let s = Settings::load(Args {
+            admission: Some("off".into()),
+            retry_budget: Some("off".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!((s.admission, s.retry_budget), (false, None));
+        let errs = Settings::load(Args {
+            admission: Some("magic".into()),
+            retry_budget: Some("20%".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! - [`registry`]: routes from etcd registrations merged with static ones.
 //! - [`proxy`]: the request path (HTTP → bus → HTTP).
 //! - [`rescue`]: every failure cause and its one HTTP status.
+//! - [`admission`]: the adaptive in-flight limit per upstream service.
+//! - [`upstream`]: per service, process-wide: the limiter and the retry
+//!   budget every shard's bus client shares.
 //! - [`metrics`]: counters and latency histograms per route and class.
 //! - [`request_id`]: accept or generate `x-request-id`.
 //! - [`server`]: accept loops, admin endpoints, graceful drain; a process
@@ -19,6 +22,7 @@
 //! `main` is the process skeleton all three binaries share
 //! (`svc_host::Process`).
 
+pub mod admission;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
@@ -27,6 +31,7 @@ pub mod request_id;
 pub mod rescue;
 pub mod routes;
 pub mod server;
+pub mod upstream;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -70,7 +75,7 @@ pub fn main() -> ExitCode {
         config::RuntimeKind::PerCore => Layout::PerCore(settings.threads),
         config::RuntimeKind::Shared => Layout::Shared(Some(settings.threads)),
     };
-    let shared = server::Shared::default();
+    let shared = server::Shared::new(&settings);
     process.run(layout, admin, move |shard| {
         let (settings, shared) = (settings.clone(), shared.clone());
         let http = http.try_clone();

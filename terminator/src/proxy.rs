@@ -102,6 +102,16 @@ where
     Ok(res)
 }
 
+/// Methods a client may send twice with the effect of once (RFC 9110
+/// §9.2.2): the bus client may fail them over to another instance even
+/// after the first connection dropped with the request on it.
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    )
+}
+
 /// A header name as bus text; the common ones without an allocation.
 fn header_text(n: &HeaderName) -> bus::Text {
     const COMMON: [&str; 12] = [
@@ -252,8 +262,25 @@ where
         body,
         ..bus::Request::default()
     };
-    let reply = target.client.call(bus_req, deadline).await?;
-    to_response(reply, rid)
+    let permit = target
+        .upstream
+        .limiter
+        .try_acquire()
+        .ok_or(EdgeError::Shed)?;
+    let reply = if idempotent(&parts.method) {
+        target.client.call_idempotent(bus_req, deadline).await
+    } else {
+        target.client.call(bus_req, deadline).await
+    };
+    // A reply or the deadline measures the service; a failure at once
+    // (no instance, a full queue) says nothing of its latency.
+    if matches!(
+        reply,
+        Ok(_) | Err(bus::CallError::Timeout | bus::CallError::Remote { .. })
+    ) {
+        permit.measured();
+    }
+    to_response(reply?, rid)
 }
 
 fn to_response(reply: bus::Reply, rid: &HeaderValue) -> Result<Response<Full<Bytes>>, EdgeError> {

@@ -183,6 +183,7 @@ impl Follower {
                     let mut o = bus::ClientOptions::new(service.to_string());
                     o.endpoints = eps.iter().map(|s| s.to_string()).collect();
                     o.report_instances = self.routes.primary();
+                    o.retry_budget = self.routes.upstream(service).retry_budget.clone();
                     match Client::connect(o) {
                         Ok(c) => {
                             self.clients.insert(service.to_string(), c);
@@ -207,6 +208,7 @@ impl Follower {
             let timeout = st.map_or(self.default_timeout, |t| t.timeout);
             match (self.clients.get(&p.service), st) {
                 (Some(c), _) => targets.push(Arc::new(Target {
+                    upstream: self.routes.upstream(&p.service),
                     hists: self.routes.metrics().route(&p.prefix),
                     prefix: p.prefix,
                     service: p.service.into(),

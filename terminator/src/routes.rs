@@ -7,6 +7,7 @@
 
 use crate::config::Route;
 use crate::metrics::{EdgeMetrics, RouteHists};
+use crate::upstream::{Upstream, Upstreams};
 use arc_swap::ArcSwap;
 use bus::Client;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub struct Target {
     pub client: Client,
     pub timeout: Duration,
     pub hists: Arc<RouteHists>,
+    /// The service's admission limiter and retry budget (process-wide).
+    pub upstream: Arc<Upstream>,
 }
 
 /// One version of the table.
@@ -50,6 +53,7 @@ impl Table {
 pub struct Routes {
     table: ArcSwap<Table>,
     metrics: Arc<EdgeMetrics>,
+    upstreams: Arc<Upstreams>,
     /// The first of a per-core terminator's route tables: its clients
     /// report the instance gauges (see `bus::ClientOptions`).
     primary: bool,
@@ -61,14 +65,21 @@ impl Routes {
         routes: &[Route],
         default_timeout: Duration,
         metrics: Arc<EdgeMetrics>,
+        upstreams: Arc<Upstreams>,
         primary: bool,
     ) -> Result<Routes, bus::SetupError> {
-        let targets = static_targets(routes, default_timeout, &metrics, primary)?;
+        let targets = static_targets(routes, default_timeout, &metrics, &upstreams, primary)?;
         Ok(Routes {
             table: ArcSwap::from_pointee(Table::new(targets)),
             metrics,
+            upstreams,
             primary,
         })
+    }
+
+    /// The process-wide state of `service`'s upstream.
+    pub fn upstream(&self, service: &str) -> Arc<Upstream> {
+        self.upstreams.get(service)
     }
 
     pub fn primary(&self) -> bool {
@@ -99,16 +110,20 @@ pub fn static_targets(
     routes: &[Route],
     default_timeout: Duration,
     metrics: &EdgeMetrics,
+    upstreams: &Upstreams,
     primary: bool,
 ) -> Result<Vec<Arc<Target>>, bus::SetupError> {
     routes
         .iter()
         .map(|r| {
+            let upstream = upstreams.get(&r.service);
             let mut o = bus::ClientOptions::new(r.service.clone());
             o.endpoints = r.endpoints.clone();
             o.report_instances = primary;
+            o.retry_budget = upstream.retry_budget.clone();
             let prefix = normalize(&r.prefix);
             Ok(Arc::new(Target {
+                upstream,
                 hists: metrics.route(&prefix),
                 prefix,
                 service: r.service.clone().into(),

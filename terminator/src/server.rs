@@ -5,6 +5,7 @@ use crate::metrics::EdgeMetrics;
 use crate::proxy::{self, Edge};
 use crate::registry;
 use crate::routes::Routes;
+use crate::upstream::Upstreams;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -23,15 +24,29 @@ pub enum RunError {
 }
 
 /// What the shards of one terminator process share: the metrics, the
-/// in-flight count (`--max-in-flight` is per process) and the drain flag.
-#[derive(Clone, Default)]
+/// in-flight count (`--max-in-flight` is per process), the drain flag and
+/// each upstream's limiter and retry budget.
+#[derive(Clone)]
 pub struct Shared {
     pub metrics: Arc<EdgeMetrics>,
+    pub upstreams: Arc<Upstreams>,
     pub in_flight: Arc<AtomicUsize>,
     pub draining: Arc<AtomicBool>,
     /// Every shard's route table, so `/readyz` counts the calls pending in
     /// all of them.
     pub shards: Arc<parking_lot::Mutex<Vec<Arc<Routes>>>>,
+}
+
+impl Shared {
+    pub fn new(settings: &Settings) -> Shared {
+        Shared {
+            metrics: Default::default(),
+            upstreams: Upstreams::new(settings.upstream_policy()),
+            in_flight: Default::default(),
+            draining: Default::default(),
+            shards: Default::default(),
+        }
+    }
 }
 
 /// Serves HTTP on `http` and health on `admin` until `shutdown` resolves,
@@ -43,7 +58,8 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    serve(settings, http, Some(admin), Shared::default(), shutdown).await
+    let shared = Shared::new(&settings);
+    serve(settings, http, Some(admin), shared, shutdown).await
 }
 
 /// One shard: accepts from `http` (which other shards may share) with its
@@ -63,6 +79,7 @@ pub async fn serve(
         &settings.routes,
         settings.timeout,
         metrics.clone(),
+        shared.upstreams.clone(),
         primary,
     )?);
     shared.shards.lock().push(routes.clone());

@@ -10,6 +10,9 @@
 //!    decode reply
 //! ```
 //!
+//! A call that failed without the instance doing any work is sent once
+//! more to another instance, under a retry budget (`client/retry.rs`).
+//!
 //! No thread is crossed: the call, the writer and the reader are tokio
 //! tasks on the same workers as the HTTP server. Every queue is bounded: the
 //! pending table (`max_pending`) and each connection's outbox
@@ -18,9 +21,13 @@
 
 mod link;
 mod pick;
+mod retry;
 mod stats;
 
 pub use pick::Instance;
+pub use retry::{
+    RetryBudget, DEFAULT_MIN_RETRIES_PER_SEC, DEFAULT_RETRY_RATIO, DEFAULT_RETRY_WINDOW,
+};
 pub use stats::ClientStats;
 pub(crate) use stats::Counters;
 
@@ -58,6 +65,9 @@ pub struct ClientOptions {
     /// lets one report them, or the sum would count each instance N times;
     /// counters and `pending` are summed as they should be.
     pub report_instances: bool,
+    /// Retries allowed (`client/retry.rs`); `None` turns retries off. The
+    /// clients of one service in a process (one per core) share one.
+    pub retry_budget: Option<Arc<RetryBudget>>,
 }
 
 impl ClientOptions {
@@ -68,6 +78,7 @@ impl ClientOptions {
             max_pending: DEFAULT_MAX_PENDING,
             tuning: Tuning::default(),
             report_instances: true,
+            retry_budget: Some(Arc::new(RetryBudget::default())),
         }
     }
 
@@ -88,6 +99,7 @@ pub(crate) struct Shared {
     counters: Arc<Counters>,
     methods: crate::metrics::MethodHists,
     report_instances: bool,
+    retry_budget: Option<Arc<RetryBudget>>,
 }
 
 impl Drop for Shared {
@@ -145,6 +157,7 @@ impl Client {
                 counters,
                 methods: Default::default(),
                 report_instances: opts.report_instances,
+                retry_budget: opts.retry_budget,
             }),
         };
         telemetry::register(&client.shared);
@@ -274,16 +287,44 @@ impl Client {
     /// `req.service` defaults to this client's service; the correlation id
     /// and budget are filled in here. Dropping the returned future removes
     /// the call from the pending table.
-    pub async fn call(&self, mut req: Request, deadline: Instant) -> Result<Reply, CallError> {
+    ///
+    /// A failure that guarantees the instance did no work (its connection
+    /// queue full or closed before the request was written, or its error
+    /// 503: at capacity or draining) is tried once more on another
+    /// instance, within the deadline and the retry budget
+    /// ([`ClientOptions::retry_budget`]). A timeout is never retried.
+    pub async fn call(&self, req: Request, deadline: Instant) -> Result<Reply, CallError> {
+        self.call_with(req, deadline, false).await
+    }
+
+    /// [`call`](Self::call) for a request that may safely run twice (an
+    /// idempotent HTTP method): also retried when the connection dropped
+    /// after the request was sent.
+    pub async fn call_idempotent(
+        &self,
+        req: Request,
+        deadline: Instant,
+    ) -> Result<Reply, CallError> {
+        self.call_with(req, deadline, true).await
+    }
+
+    async fn call_with(
+        &self,
+        mut req: Request,
+        deadline: Instant,
+        idempotent: bool,
+    ) -> Result<Reply, CallError> {
         let sh = &self.shared;
         let c = &sh.counters;
         c.calls.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        if deadline <= now {
+        if let Some(b) = &sh.retry_budget {
+            b.deposit();
+        }
+        if deadline <= Instant::now() {
             c.timeouts.fetch_add(1, Ordering::Relaxed);
             return Err(CallError::Timeout);
         }
-        let inst = match self.pick() {
+        let mut inst = match self.pick() {
             Some(i) => i,
             None => match self.await_first_connection(deadline).await {
                 Some(i) => i,
@@ -293,21 +334,57 @@ impl Client {
                 }
             },
         };
+        // Instances already tried; no allocation unless a call is retried.
+        let mut tried: Vec<u64> = Vec::new();
+        loop {
+            let e = match self.attempt(&mut req, deadline, &inst).await {
+                Attempt::Done(r) => return r,
+                Attempt::NotSent(e) => e,
+                Attempt::MaybeSent(e) if idempotent => e,
+                Attempt::MaybeSent(e) => return Err(e),
+            };
+            tried.push(inst.id);
+            let Some(budget) = &sh.retry_budget else {
+                return Err(e);
+            };
+            if Instant::now() >= deadline {
+                return Err(e);
+            }
+            let Some(next) = pick::pick_untried(&sh.instances.read(), &tried) else {
+                return Err(e);
+            };
+            if !budget.try_withdraw() {
+                c.retry_budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+            c.retries.fetch_add(1, Ordering::Relaxed);
+            inst = next;
+        }
+    }
+
+    /// One attempt on `inst`; each outcome is counted here.
+    async fn attempt(&self, req: &mut Request, deadline: Instant, inst: &Arc<Instance>) -> Attempt {
+        let sh = &self.shared;
+        let c = &sh.counters;
         let now = Instant::now();
         let hist = sh.methods.get(&req.method);
         let Some((guard, rx)) = sh.table.insert(inst.id) else {
             c.overloaded.fetch_add(1, Ordering::Relaxed);
-            return Err(CallError::Overloaded("pending call table full"));
+            return Attempt::Done(Err(CallError::Overloaded("pending call table full")));
         };
-        let _outstanding = Outstanding::new(&inst);
+        let _outstanding = Outstanding::new(inst);
         if req.service.is_empty() {
             req.service = sh.service.clone().into();
         }
         req.correlation_id = guard.id();
         req.budget_us = (deadline - now).as_micros().min(u32::MAX as u128) as u32;
-        let header = wire::encode_request(&req).inspect_err(|_| {
-            c.protocol.fetch_add(1, Ordering::Relaxed);
-        })?;
+        let header = match wire::encode_request(req) {
+            Ok(h) => h,
+            Err(e) => {
+                c.protocol.fetch_add(1, Ordering::Relaxed);
+                return Attempt::Done(Err(e.into()));
+            }
+        };
         let pushed = match &*inst.outbox.load() {
             Some(ob) => ob.push(&[&header], &req.body),
             None => Err(PushError::Closed),
@@ -317,11 +394,11 @@ impl Client {
             Err(PushError::Full) => {
                 c.overloaded.fetch_add(1, Ordering::Relaxed);
                 c.send_queue_full.fetch_add(1, Ordering::Relaxed);
-                return Err(CallError::Overloaded("instance connection queue full"));
+                return Attempt::NotSent(CallError::Overloaded("instance connection queue full"));
             }
             Err(PushError::Closed) => {
                 c.disconnected.fetch_add(1, Ordering::Relaxed);
-                return Err(CallError::Disconnected);
+                return Attempt::NotSent(CallError::Disconnected);
             }
         }
         let outcome = tokio::time::timeout_at(deadline, rx).await;
@@ -345,8 +422,25 @@ impl Client {
             Err(CallError::Remote { .. }) => &c.replies,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        result
+        match result {
+            // The service refused it before starting: at capacity or
+            // draining (protocol.md §4 row 6).
+            Err(e @ CallError::Overloaded(_)) => Attempt::NotSent(e),
+            Err(e @ CallError::Disconnected) => Attempt::MaybeSent(e),
+            r => Attempt::Done(r),
+        }
     }
+}
+
+/// How one attempt ended, and whether the call may go to another instance.
+enum Attempt {
+    /// A reply, or a failure no other instance would change.
+    Done(Result<Reply, CallError>),
+    /// The instance did no work: safe to send elsewhere.
+    NotSent(CallError),
+    /// The request may have reached the instance: elsewhere only if it is
+    /// idempotent.
+    MaybeSent(CallError),
 }
 
 fn decode_reply(raw: RawReply) -> Result<Reply, CallError> {

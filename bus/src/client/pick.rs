@@ -90,6 +90,17 @@ pub(crate) fn pick(list: &[Arc<Instance>]) -> Option<Arc<Instance>> {
     }
 }
 
+/// For a retry: power of two choices among the connected instances not
+/// in `tried`.
+pub(crate) fn pick_untried(list: &[Arc<Instance>], tried: &[u64]) -> Option<Arc<Instance>> {
+    let rest: Vec<Arc<Instance>> = list
+        .iter()
+        .filter(|i| !tried.contains(&i.id) && i.is_connected())
+        .cloned()
+        .collect();
+    pick(&rest)
+}
+
 /// Counts a call against its instance for as long as it is outstanding.
 pub(crate) struct Outstanding(Arc<Instance>);
 

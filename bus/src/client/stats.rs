@@ -17,6 +17,8 @@ pub(crate) struct Counters {
     pub(crate) malformed_frames: AtomicU64,
     /// Also counted in `overloaded`: an instance's connection queue was full.
     pub(crate) send_queue_full: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) retry_budget_exhausted: AtomicU64,
 }
 
 /// A snapshot of a client's counters.
@@ -38,13 +40,18 @@ pub struct ClientStats {
     /// Also counted in `overloaded`: an instance's connection queue was
     /// full.
     pub send_queue_full: u64,
+    /// Attempts sent again to another instance (each attempt's failure is
+    /// also counted under its cause).
+    pub retries: u64,
+    /// Retries the budget refused.
+    pub retry_budget_exhausted: u64,
     pub pending: usize,
 }
 
 impl ClientStats {
     /// Every counter with its name: the one place the names are written,
     /// for telemetry (`bus.<service>.<name>`) and admin pages alike.
-    pub fn counters(&self) -> [(&'static str, u64); 11] {
+    pub fn counters(&self) -> [(&'static str, u64); 13] {
         [
             ("calls", self.calls),
             ("replies", self.replies),
@@ -57,6 +64,8 @@ impl ClientStats {
             ("late", self.late),
             ("unknown_replies", self.unknown),
             ("malformed_frames", self.malformed_frames),
+            ("retries", self.retries),
+            ("retry_budget_exhausted", self.retry_budget_exhausted),
         ]
     }
 
@@ -109,6 +118,8 @@ impl Shared {
             unknown: t.unknown.load(Ordering::Relaxed),
             malformed_frames: c.malformed_frames.load(Ordering::Relaxed),
             send_queue_full: c.send_queue_full.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            retry_budget_exhausted: c.retry_budget_exhausted.load(Ordering::Relaxed),
             pending: self.table.len(),
         }
     }

@@ -307,34 +307,25 @@ impl svc_host::admin::Admin for AdminPages {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     let metrics = args.metrics.settings().ok();
-    let process = match svc_host::Process::start("aggregator", args.problems(), metrics.as_ref()) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let admin = match process.bind(args.admin, "admin") {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let at = admin
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    process.run(args.runtime.layout(), admin, move |shard| {
-        let (args, at) = (args.clone(), at.clone());
-        let grace = args.grace;
-        async move {
-            let admin = shard.admin.ok_or("no admin listener")?;
+    let (problems, layout, admin) = (args.problems(), args.runtime.layout(), args.admin);
+    svc_host::process::service_main(
+        "aggregator",
+        problems,
+        metrics.as_ref(),
+        layout,
+        admin,
+        move |listener, at| {
+            let args = args.clone();
+            let grace = args.grace;
             run(
                 args,
-                admin,
+                listener,
                 svc_host::signal::shutdown(),
                 grace,
                 move |ep| {
                     println!("aggregator listening bus={ep} admin=http://{at}");
                 },
             )
-            .await
-            .map_err(|e| e.to_string())
-        }
-    })
+        },
+    )
 }

@@ -237,32 +237,28 @@ pub enum RunError {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     let metrics = args.metrics.settings().ok();
-    let process = match svc_host::Process::start("backend-svc", args.problems(), metrics.as_ref()) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let admin = match process.bind(args.admin, "admin") {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let at = admin
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    process.run(args.runtime.layout(), admin, move |shard| {
-        let (args, at) = (args.clone(), at.clone());
-        let data_dir = args.data_dir.display().to_string();
-        let grace = args.grace;
-        async move {
-            let admin = shard.admin.ok_or("no admin listener")?;
-            run(args, admin, svc_host::signal::shutdown(), grace, move |b| {
-                println!(
-                    "backend-svc listening bus={} events={} admin=http://{at} data={data_dir}",
-                    b.bus, b.events
-                );
-            })
-            .await
-            .map_err(|e| e.to_string())
-        }
-    })
+    let (problems, layout, admin) = (args.problems(), args.runtime.layout(), args.admin);
+    svc_host::process::service_main(
+        "backend-svc",
+        problems,
+        metrics.as_ref(),
+        layout,
+        admin,
+        move |listener, at| {
+            let args = args.clone();
+            let (grace, data_dir) = (args.grace, args.data_dir.display().to_string());
+            run(
+                args,
+                listener,
+                svc_host::signal::shutdown(),
+                grace,
+                move |b| {
+                    println!(
+                        "backend-svc listening bus={} events={} admin=http://{at} data={data_dir}",
+                        b.bus, b.events
+                    );
+                },
+            )
+        },
+    )
 }

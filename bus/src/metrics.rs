@@ -66,6 +66,17 @@ impl MethodHists {
     }
 }
 
+/// Named counters and one gauge as a JSON object: the `/stats` form of
+/// `ClientStats` and `ServiceStats`.
+pub(crate) fn counters_json(counters: &[(&str, u64)], gauge: (&str, usize)) -> serde_json::Value {
+    let mut m: serde_json::Map<String, serde_json::Value> = counters
+        .iter()
+        .map(|(k, v)| (k.to_string(), (*v).into()))
+        .collect();
+    m.insert(gauge.0.into(), gauge.1.into());
+    m.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,68 +37,11 @@ import urllib.error
 import urllib.request
 
 # ---------------------------------------------------------------- the bus --
-VERSION = 1
-REQUEST, REPLY, EVENT, ERROR = 1, 2, 3, 4
-PREFIX = struct.Struct("<BBHQI")  # version, kind, flags, correlation id, budget µs
-
-
-class Malformed(ValueError):
-    """The header frame is not a valid v1 request."""
-
-
-def decode_prefix(header):
-    """(kind, correlation id, budget µs) from the 16-byte prefix."""
-    if len(header) < PREFIX.size:
-        raise Malformed("header shorter than the 16-byte prefix")
-    version, kind, _flags, cid, budget = PREFIX.unpack_from(header)
-    if version != VERSION or kind not in (REQUEST, REPLY, EVENT, ERROR):
-        raise Malformed("unknown version %d or kind %d" % (version, kind))
-    return kind, cid, budget
-
-
-def decode_request(header):
-    """Decodes a request header frame (§2, §3) into a dict; raises Malformed."""
-    _kind, cid, budget = decode_prefix(header)
-    pos = PREFIX.size
-
-    def take(n, name):
-        nonlocal pos
-        if len(header) - pos < n:
-            raise Malformed("truncated in " + name)
-        pos += n
-        return bytes(header[pos - n:pos])
-
-    def field(fmt, name, text=True):  # fmt "<B": str8, "<H": str16
-        (n,) = struct.unpack(fmt, take(struct.calcsize(fmt), name))
-        b = take(n, name)
-        try:
-            return b.decode("utf-8") if text else b
-        except UnicodeDecodeError:
-            raise Malformed(name + " is not UTF-8") from None
-
-    req = {"correlation_id": cid, "budget_us": budget}
-    for name, fmt in (("service", "<B"), ("method", "<B"), ("http_method", "<B"),
-                      ("path", "<H"), ("request_id", "<B")):
-        req[name] = field(fmt, name)
-    (count,) = struct.unpack("<H", take(2, "header count"))
-    req["headers"] = [(field("<B", "header name"), field("<H", "header value", False))
-                      for _ in range(count)]
-    if pos != len(header):
-        raise Malformed("%d trailing bytes" % (len(header) - pos))
-    return req
-
-
-def encode_reply(cid, status, headers):
-    out = PREFIX.pack(VERSION, REPLY, 0, cid, 0) + struct.pack("<HH", status, len(headers))
-    for name, value in headers:
-        name = name.encode()
-        out += struct.pack("<B", len(name)) + name + struct.pack("<H", len(value)) + value
-    return out
-
-
-def encode_error(cid, status, message):
-    msg = message.encode()[:65535].decode("utf-8", "ignore").encode()  # cut, still UTF-8
-    return PREFIX.pack(VERSION, ERROR, 0, cid, 0) + struct.pack("<HH", status, len(msg)) + msg
+# The wire codec (docs/protocol.md §2-§3) is echo_service.py's, beside this
+# file: this example adds only what registering in etcd takes.
+from echo_service import (  # noqa: E402
+    PREFIX, REQUEST, VERSION, Malformed, decode_prefix, decode_request, encode_error,
+    encode_reply)
 
 
 def handle_http(service, req):

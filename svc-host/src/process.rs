@@ -175,6 +175,44 @@ impl Process {
     }
 }
 
+/// The whole life of a bus service binary, on the skeleton above: every
+/// problem reported, the admin listener bound, then `serve(admin listener,
+/// admin address)` on `layout` until SIGTERM or SIGINT has drained it.
+pub fn service_main<F, Fut, E>(
+    name: &'static str,
+    problems: Vec<String>,
+    metrics: Option<&MetricsSettings>,
+    layout: Layout,
+    admin: SocketAddr,
+    serve: F,
+) -> ExitCode
+where
+    F: Fn(tokio::net::TcpListener, String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let process = match Process::start(name, problems, metrics) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let admin = match process.bind(admin, "admin") {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let at = admin
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let serve = Arc::new(serve);
+    process.run(layout, admin, move |shard| {
+        let (serve, at) = (serve.clone(), at.clone());
+        async move {
+            let admin = shard.admin.ok_or("no admin listener")?;
+            serve(admin, at).await.map_err(|e| e.to_string())
+        }
+    })
+}
+
 /// The tokio runtime for `threads` threads: current-thread for one,
 /// work-stealing otherwise (one worker per core if `None`).
 pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {

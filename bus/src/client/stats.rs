@@ -71,13 +71,7 @@ impl ClientStats {
 
     /// The counters and `pending`, as a JSON object.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut m: serde_json::Map<String, serde_json::Value> = self
-            .counters()
-            .iter()
-            .map(|(k, v)| (k.to_string(), (*v).into()))
-            .collect();
-        m.insert("pending".into(), self.pending.into());
-        m.into()
+        crate::metrics::counters_json(&self.counters(), ("pending", self.pending))
     }
 }
 

@@ -116,13 +116,7 @@ impl ServiceStats {
 
     /// The counters and `in_flight`, as a JSON object.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut m: serde_json::Map<String, serde_json::Value> = self
-            .counters()
-            .iter()
-            .map(|(k, v)| (k.to_string(), (*v).into()))
-            .collect();
-        m.insert("in_flight".into(), self.in_flight.into());
-        m.into()
+        crate::metrics::counters_json(&self.counters(), ("in_flight", self.in_flight))
     }
 }
 

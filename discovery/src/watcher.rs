@@ -33,6 +33,7 @@ pub struct Watcher {
 struct State {
     synced: AtomicBool,
     relists: AtomicU64,
+    restarts: AtomicU64,
 }
 
 impl Watcher {
@@ -55,6 +56,13 @@ impl Watcher {
     /// Full re-lists done so far (the first one included).
     pub fn relists(&self) -> u64 {
         self.state.relists.load(Ordering::Relaxed)
+    }
+
+    /// Times a live watch ended and had to be set up again (etcd restarted
+    /// or unreachable, the stream closed by the server). Stays 0 while one
+    /// watch stream lasts.
+    pub fn restarts(&self) -> u64 {
+        self.state.restarts.load(Ordering::Relaxed)
     }
 }
 
@@ -94,6 +102,7 @@ async fn run<F: FnMut(&Snapshot)>(
         .await;
         let was_synced = state.synced.swap(false, Ordering::Relaxed);
         if was_synced {
+            state.restarts.fetch_add(1, Ordering::Relaxed);
             outage_reported = false;
             backoff = Duration::ZERO;
         }

@@ -216,3 +216,23 @@ fn watcher_recovers_from_a_compaction_it_missed() {
         instances(&seen)
     );
 }
+
+/// etcd's default `--grpc-keepalive-min-time` is 5 s: a client that pings
+/// more often gets GOAWAY `too_many_pings` after a few pings, and its idle
+/// watch is rebuilt every few seconds. testkit's etcd runs with the default
+/// keepalive settings, so this watch must simply last. (With 1 s pings the
+/// stream was closed after about 4 s; 12 s covers three such cycles.)
+#[test]
+fn the_watch_lasts_against_an_etcd_with_default_keepalive_settings() {
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (w, _seen) = watch(&rt, opts(etcd.url()), &Registration::service_prefix("svc"));
+    wait_until(Duration::from_secs(10), "listed", || w.synced());
+    let rebuilt = poll(Duration::from_secs(12), || w.restarts() > 0);
+    assert!(
+        !rebuilt && w.synced(),
+        "the idle watch was rebuilt ({} restarts)",
+        w.restarts()
+    );
+    assert_eq!(w.relists(), 1);
+}

@@ -61,6 +61,8 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("t={peer}")])
             .args(["--log-level", "warn"])
+            // No --grpc-keepalive-* flags on purpose: clients must live with
+            // etcd's defaults (pings no closer than 5 s), as in production.
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

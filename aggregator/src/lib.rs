@@ -205,6 +205,7 @@ pub async fn run(
             routes: vec!["/".into()],
             version: env!("CARGO_PKG_VERSION").into(),
             started_at: discovery::registration::now_unix(),
+            draining: false,
         };
         discovery::Registrar::start(o, reg)
     });

@@ -37,6 +37,11 @@ use std::time::Duration;
 pub const PREFIX: &str = "/switchboard/services/";
 /// Lease time to live: how long a crashed instance stays listed.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// How long a watcher keeps routing to an instance whose key vanished while
+/// its bus connection is healthy: long enough for its registrar to notice a
+/// lost lease and register again after etcd was away (stalled, partitioned,
+/// restarted), bounded so a wedged instance does not linger for ever.
+pub const DEFAULT_REMOVAL_GRACE: Duration = Duration::from_secs(30);
 
 /// How to reach etcd and how to hold a lease.
 #[derive(Debug, Clone)]
@@ -45,6 +50,9 @@ pub struct EtcdOptions {
     pub ttl: Duration,
     /// Keepalive period; TTL/3 unless set.
     pub keepalive: Duration,
+    /// Watchers: how long an instance whose key vanished stays listed while
+    /// its connection is healthy (0: removed at once). See [`Watcher`].
+    pub removal_grace: Duration,
 }
 
 impl EtcdOptions {
@@ -53,6 +61,7 @@ impl EtcdOptions {
             endpoints,
             ttl: DEFAULT_TTL,
             keepalive: DEFAULT_TTL / 3,
+            removal_grace: DEFAULT_REMOVAL_GRACE,
         }
     }
 

@@ -256,6 +256,7 @@ mod tests {
             routes: routes.iter().map(|s| s.to_string()).collect(),
             version: String::new(),
             started_at: 0,
+            draining: false,
         };
         (r.key(), r)
     }

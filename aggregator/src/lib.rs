@@ -205,6 +205,7 @@ pub async fn run(
             routes: vec!["/".into()],
             version: env!("CARGO_PKG_VERSION").into(),
             started_at: discovery::registration::now_unix(),
+            draining: false,
         };
         discovery::Registrar::start(o, reg)
     });
@@ -237,7 +238,15 @@ fn watch_backend(o: discovery::EtcdOptions, app: Arc<App>, args: &Args) -> disco
     let static_bus = args.backend.clone();
     let static_events = args.backend_events.clone();
     let prefix = discovery::Registration::service_prefix(kv_proto::SERVICE);
-    discovery::Watcher::start(o, prefix, move |snap| {
+    let kv = app.kv.client.clone();
+    // An instance whose key vanished stays while its connection is up: its
+    // lease may have expired only because etcd was away (removal grace).
+    let live = move |r: &discovery::Registration| {
+        kv.instances()
+            .iter()
+            .any(|i| i.endpoint() == r.bus && i.is_connected())
+    };
+    discovery::Watcher::start_with_liveness(o, prefix, live, move |snap| {
         let (bus, events): (Vec<String>, Vec<String>) = if snap.is_empty() {
             (static_bus.clone(), static_events.clone())
         } else {

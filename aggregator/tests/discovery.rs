@@ -12,6 +12,10 @@ const TTL: &str = "3s";
 const PREFIX: &str = "/switchboard/services/";
 
 fn aggregator(etcd: &Etcd, extra: &[&str]) -> Proc {
+    aggregator_ttl(etcd, TTL, "1s", extra)
+}
+
+fn aggregator_ttl(etcd: &Etcd, ttl: &str, keepalive: &str, extra: &[&str]) -> Proc {
     let url = etcd.url();
     let mut args = vec![
         "--bus",
@@ -21,9 +25,9 @@ fn aggregator(etcd: &Etcd, extra: &[&str]) -> Proc {
         "--etcd",
         &url,
         "--etcd-ttl",
-        TTL,
+        ttl,
         "--etcd-keepalive",
-        "1s",
+        keepalive,
     ];
     args.extend_from_slice(extra);
     Proc::start("aggregator", &args)
@@ -80,6 +84,28 @@ fn urls(t: &Proc, path: &str, n: usize) -> Vec<String> {
 
 fn aggregator_keys(etcd: &Etcd) -> Vec<String> {
     etcd.keys(&format!("{PREFIX}aggregator/"))
+}
+
+/// The leases the registrations are under, sorted.
+fn leases(e: &Etcd) -> Vec<i64> {
+    let j: serde_json::Value =
+        serde_json::from_str(&e.ctl(&["get", "--prefix", PREFIX, "-w", "json"])).unwrap();
+    let mut v: Vec<i64> = j["kvs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|kv| kv["lease"].as_i64()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Every lease etcd holds, as `etcdctl lease list` prints them (hex).
+fn lease_list(e: &Etcd) -> Vec<String> {
+    e.ctl(&["lease", "list"])
+        .lines()
+        .skip(1)
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// Requests in a loop on `threads` threads until stopped; every status kept.
@@ -284,16 +310,6 @@ fn etcd_outage_of_30s_fails_nothing_and_registrations_return() {
     let _aggs: Vec<Proc> = (0..2).map(|_| aggregator(&etcd, &[])).collect();
     let t = terminator(&etcd, &[]);
     wait_root(&t, 2);
-    let leases = |e: &Etcd| {
-        let j: serde_json::Value =
-            serde_json::from_str(&e.ctl(&["get", "--prefix", PREFIX, "-w", "json"])).unwrap();
-        let mut v: Vec<i64> = j["kvs"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|kv| kv["lease"].as_i64()).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
     let before = leases(&etcd);
     assert_eq!(before.len(), 2);
     let load = Load::start(&t, 1, 5, Duration::from_millis(100));
@@ -311,6 +327,62 @@ fn etcd_outage_of_30s_fails_nothing_and_registrations_return() {
     assert!(during > 100, "only {during} requests during the outage");
     assert_all_ok(&statuses, "etcd outage");
     assert_eq!(root_route(&t), (2, 2));
+}
+
+/// etcd frozen (SIGSTOP) for longer than the TTL: when it thaws every lease
+/// has run out, and the keys vanish before the registrars put them back.
+/// Instances whose bus connections are healthy stay routed through that
+/// window (the removal grace), so no request gets 503 `no_instance`; one
+/// that really died meanwhile is removed as soon as its key goes.
+#[test]
+fn etcd_frozen_past_the_ttl_fails_nothing_and_a_dead_instance_still_goes() {
+    let etcd = Etcd::start();
+    let mut aggs: Vec<Proc> = (0..3)
+        .map(|_| aggregator_ttl(&etcd, "2s", "500ms", &[]))
+        .collect();
+    let t = terminator(&etcd, &[]);
+    wait_root(&t, 3);
+    let old_leases = lease_list(&etcd);
+    assert_eq!(old_leases.len(), 3, "{old_leases:?}");
+    etcd.freeze();
+    // One instance dies for real while etcd cannot hear of it.
+    aggs[2].kill9();
+    wait_until(Duration::from_secs(5), "the dead one disconnected", || {
+        root_route(&t) == (3, 2)
+    });
+    let load = Load::start(&t, 2, 10, Duration::from_millis(5));
+    // The fault's length, not a wait: 2.5 TTLs, so every lease has run out
+    // by the time etcd runs again.
+    std::thread::sleep(Duration::from_secs(5));
+    etcd.thaw();
+    let thawed = Instant::now();
+    // Well within the removal grace (30 s): its connection is down.
+    wait_until(Duration::from_secs(5), "the dead one removed", || {
+        root_route(&t) == (2, 2)
+    });
+    // The old leases expired; the living registered again under new ones.
+    wait_until(Duration::from_secs(15), "re-registered", || {
+        let now = lease_list(&etcd);
+        now.len() == 2 && now.iter().all(|l| !old_leases.contains(l))
+    });
+    assert_eq!(aggregator_keys(&etcd).len(), 2);
+    let n = load.count();
+    wait_until(Duration::from_secs(5), "more load after", || {
+        load.count() > n + 100
+    });
+    let statuses = load.finish();
+    assert!(
+        thawed.elapsed() < Duration::from_secs(30),
+        "the test outlasted the grace it relies on"
+    );
+    assert_all_ok(&statuses, "etcd frozen past the TTL");
+    assert_eq!(root_route(&t), (2, 2));
+    // The window was real: keys vanished under live instances.
+    assert!(
+        t.stderr().contains("kept until it registers again"),
+        "{}",
+        t.stderr()
+    );
 }
 
 #[test]

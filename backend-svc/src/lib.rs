@@ -160,6 +160,7 @@ pub async fn run(
             routes: Vec::new(),
             version: env!("CARGO_PKG_VERSION").into(),
             started_at: discovery::registration::now_unix(),
+            draining: false,
         };
         discovery::Registrar::start(o, reg)
     });

@@ -20,6 +20,11 @@ pub struct EtcdArgs {
     /// Lease keepalive period [default: TTL/3]
     #[arg(long = "etcd-keepalive", env = "SWITCHBOARD_ETCD_KEEPALIVE")]
     pub etcd_keepalive: Option<String>,
+    /// How long an instance whose key vanished stays routed while its bus
+    /// connection is healthy (a lease that expired while etcd was away); 0s
+    /// removes at once [default: 30s]
+    #[arg(long = "etcd-removal-grace", env = "SWITCHBOARD_ETCD_REMOVAL_GRACE")]
+    pub etcd_removal_grace: Option<String>,
     /// Host written into registered endpoints [default: the bind address;
     /// the hostname when binding 0.0.0.0 or ::]
     #[arg(long, env = "SWITCHBOARD_ADVERTISE")]
@@ -42,6 +47,11 @@ impl EtcdArgs {
         };
         let ttl = dur("--etcd-ttl", &self.etcd_ttl, &mut problems);
         let keepalive = dur("--etcd-keepalive", &self.etcd_keepalive, &mut problems);
+        let grace = dur(
+            "--etcd-removal-grace",
+            &self.etcd_removal_grace,
+            &mut problems,
+        );
         if let Some(h) = &self.advertise {
             if h.is_empty() || h.contains(['/', ' ']) || h.contains("://") {
                 problems.push(format!("--advertise: {h:?} is not a host name or address"));
@@ -54,8 +64,13 @@ impl EtcdArgs {
             .cloned()
             .collect();
         if etcd.is_empty() {
-            if (self.etcd_ttl.is_some() || self.etcd_keepalive.is_some()) && problems.is_empty() {
-                tracing::warn!("--etcd-ttl/--etcd-keepalive given without --etcd; ignored");
+            let tuned = self.etcd_ttl.is_some()
+                || self.etcd_keepalive.is_some()
+                || self.etcd_removal_grace.is_some();
+            if tuned && problems.is_empty() {
+                tracing::warn!(
+                    "--etcd-ttl/--etcd-keepalive/--etcd-removal-grace given without --etcd; ignored"
+                );
             }
             return if problems.is_empty() {
                 Ok(None)
@@ -70,6 +85,9 @@ impl EtcdArgs {
         }
         if let Some(k) = keepalive {
             o.keepalive = k;
+        }
+        if let Some(g) = grace {
+            o.removal_grace = g;
         }
         problems.extend(o.problems());
         if problems.is_empty() {
@@ -127,14 +145,16 @@ mod tests {
             etcd: vec!["nohostport".into()],
             etcd_ttl: Some("ten".into()),
             etcd_keepalive: Some("1s".into()),
+            etcd_removal_grace: Some("soon".into()),
             advertise: Some("tcp://x".into()),
         };
         let p = a.options().unwrap_err();
-        assert_eq!(p.len(), 3, "{p:#?}");
+        assert_eq!(p.len(), 4, "{p:#?}");
         let a = EtcdArgs {
             etcd: vec!["http://127.0.0.1:2379".into()],
             etcd_ttl: Some("3s".into()),
             etcd_keepalive: Some("5s".into()),
+            etcd_removal_grace: None,
             advertise: None,
         };
         assert_eq!(a.options().unwrap_err().len(), 1, "keepalive above TTL");
@@ -150,9 +170,18 @@ mod tests {
         };
         let o = a.options().unwrap().unwrap();
         assert_eq!(
-            (o.ttl, o.keepalive),
-            (Duration::from_secs(6), Duration::from_secs(2))
+            (o.ttl, o.keepalive, o.removal_grace),
+            (
+                Duration::from_secs(6),
+                Duration::from_secs(2),
+                crate::DEFAULT_REMOVAL_GRACE
+            )
         );
+        let a = EtcdArgs {
+            etcd_removal_grace: Some("0s".into()),
+            ..a
+        };
+        assert!(a.options().unwrap().unwrap().removal_grace.is_zero());
     }
 
     #[test]

@@ -37,6 +37,11 @@ use std::time::Duration;
 pub const PREFIX: &str = "/switchboard/services/";
 /// Lease time to live: how long a crashed instance stays listed.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// How long a watcher keeps routing to an instance whose key vanished while
+/// its bus connection is healthy: long enough for its registrar to notice a
+/// lost lease and register again after etcd was away (stalled, partitioned,
+/// restarted), bounded so a wedged instance does not linger for ever.
+pub const DEFAULT_REMOVAL_GRACE: Duration = Duration::from_secs(30);
 
 /// How to reach etcd and how to hold a lease.
 #[derive(Debug, Clone)]
@@ -45,6 +50,9 @@ pub struct EtcdOptions {
     pub ttl: Duration,
     /// Keepalive period; TTL/3 unless set.
     pub keepalive: Duration,
+    /// Watchers: how long an instance whose key vanished stays listed while
+    /// its connection is healthy (0: removed at once). See [`Watcher`].
+    pub removal_grace: Duration,
 }
 
 impl EtcdOptions {
@@ -53,6 +61,7 @@ impl EtcdOptions {
             endpoints,
             ttl: DEFAULT_TTL,
             keepalive: DEFAULT_TTL / 3,
+            removal_grace: DEFAULT_REMOVAL_GRACE,
         }
     }
 
@@ -86,14 +95,29 @@ impl EtcdOptions {
     }
 }
 
+/// HTTP/2 ping period on every etcd connection. etcd closes a connection
+/// whose client pings more often than its `--grpc-keepalive-min-time`
+/// (default 5 s) allows: GOAWAY `too_many_pings` on the third early ping,
+/// which ends every stream on it. 10 s is gRPC's own floor for clients.
+pub const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection counts as dead.
+pub const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// etcd's default `--grpc-keepalive-min-time`.
+const ETCD_DEFAULT_KEEPALIVE_MIN_TIME: Duration = Duration::from_secs(5);
+// Twice the minimum, so that timer jitter never makes a ping early.
+const _: () =
+    assert!(GRPC_KEEPALIVE_INTERVAL.as_secs() >= 2 * ETCD_DEFAULT_KEEPALIVE_MIN_TIME.as_secs());
+
 pub(crate) async fn connect(opts: &EtcdOptions) -> Result<etcd_client::Client, etcd_client::Error> {
     let co = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
-        // HTTP/2 pings notice a dead or partitioned etcd even while a
-        // watch stream is idle; the streams would otherwise wait forever.
-        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
+        // HTTP/2 pings notice a dead or partitioned etcd under an idle
+        // watch stream, which would otherwise wait forever. Only while a
+        // stream is open: etcd also counts pings on a connection without
+        // streams as abuse (it does not permit them without a stream).
+        .with_keep_alive(GRPC_KEEPALIVE_INTERVAL, GRPC_KEEPALIVE_TIMEOUT)
+        .with_keep_alive_while_idle(false);
     etcd_client::Client::connect(&opts.endpoints, Some(co)).await
 }
 

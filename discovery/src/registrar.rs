@@ -6,8 +6,14 @@
 //!      keepalive answer with TTL 0   ─► lease lost (expired while we were away): new session
 //!      stream ends, errors, or no answer within TTL/3 ─► new session
 //!      etcd unreachable ─► warn once, retry with back-off (≤ 2 s)
-//!  deregister: revoke the lease (the key goes with it), bounded in time
+//!  deregister: mark the key draining, then revoke the lease (the key goes
+//!              with it), bounded in time
 //! ```
+//!
+//! The draining mark tells watchers the removal is deliberate: they drop
+//! the instance at once rather than keep it for the removal grace they give
+//! a key that vanished while its connection is healthy (a lease that
+//! expired because etcd, not the instance, was away).
 
 use crate::{connect, next_backoff, EtcdOptions, Registration};
 use etcd_client::{Client, PutOptions};
@@ -20,6 +26,8 @@ pub struct Registrar {
     task: JoinHandle<()>,
     shared: Arc<Shared>,
     key: String,
+    /// The registration with `draining` set, as JSON.
+    draining: String,
 }
 
 #[derive(Default)]
@@ -35,8 +43,18 @@ impl Registrar {
     pub fn start(opts: EtcdOptions, reg: Registration) -> Registrar {
         let shared = Arc::new(Shared::default());
         let key = reg.key();
+        let draining = serde_json::to_string(&Registration {
+            draining: true,
+            ..reg.clone()
+        })
+        .unwrap_or_default();
         let task = tokio::spawn(run(opts, reg, shared.clone()));
-        Registrar { task, shared, key }
+        Registrar {
+            task,
+            shared,
+            key,
+            draining,
+        }
     }
 
     /// Whether the key is in etcd now, as far as this process knows.
@@ -48,16 +66,26 @@ impl Registrar {
         &self.key
     }
 
-    /// Removes the registration (revokes the lease) and stops. Called before
-    /// draining, so that callers stop sending while in-flight work finishes.
-    /// Bounded: if etcd does not answer within `bound`, the lease simply
-    /// expires after its TTL.
+    /// Removes the registration (marks it draining, then revokes the lease)
+    /// and stops. Called before draining, so that callers stop sending while
+    /// in-flight work finishes. Bounded: if etcd does not answer within
+    /// `bound`, the lease simply expires after its TTL.
     pub async fn deregister(mut self, bound: Duration) {
         self.task.abort();
         let _ = (&mut self.task).await;
         let lease = self.shared.lease.lock().ok().and_then(|mut l| l.take());
         if let Some((mut client, id)) = lease {
-            match tokio::time::timeout(bound, client.lease_revoke(id)).await {
+            let (key, value) = (self.key.clone(), self.draining.clone());
+            let leave = async move {
+                // Still under the lease: if the revoke is lost, the mark
+                // expires with it.
+                let put = PutOptions::new().with_lease(id);
+                if let Err(e) = client.put(key, value, Some(put)).await {
+                    tracing::debug!(error = %e, "draining mark not written");
+                }
+                client.lease_revoke(id).await
+            };
+            match tokio::time::timeout(bound, leave).await {
                 Ok(Ok(_)) => tracing::info!(key = %self.key, "deregistered"),
                 Ok(Err(e)) => {
                     tracing::warn!(key = %self.key, error = %e, "deregister failed; the key expires with its lease")

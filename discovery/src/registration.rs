@@ -20,6 +20,11 @@ pub struct Registration {
     pub version: String,
     /// Unix seconds.
     pub started_at: u64,
+    /// Written just before a deliberate deregistration: callers drop the
+    /// instance at once instead of keeping it for the removal grace (see
+    /// [`Watcher`](crate::Watcher)). Absent from a live registration.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 impl Registration {
@@ -90,7 +95,9 @@ mod tests {
             routes: vec![],
             version: "0.1.0".into(),
             started_at: 1,
+            draining: false,
         };
+        assert!(!serde_json::to_string(&r).unwrap().contains("draining"));
         assert_eq!(r.key(), "/switchboard/services/backend/h-1-ab");
         assert_eq!(
             Registration::service_prefix("backend"),

@@ -2,8 +2,9 @@
 //! free ports, killed on drop), outages and compactions included.
 
 use discovery::{EtcdOptions, Registrar, Registration, Snapshot, Watcher, PREFIX};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use testkit::{poll, wait_until, Etcd, Proxy};
 
 fn reg(service: &str, instance: &str) -> Registration {
@@ -16,6 +17,7 @@ fn reg(service: &str, instance: &str) -> Registration {
         routes: vec!["/x".into()],
         version: "test".into(),
         started_at: 1,
+        draining: false,
     }
 }
 
@@ -215,4 +217,134 @@ fn watcher_recovers_from_a_compaction_it_missed() {
         "after recovery: {:?}",
         instances(&seen)
     );
+}
+
+/// etcd's default `--grpc-keepalive-min-time` is 5 s: a client that pings
+/// more often gets GOAWAY `too_many_pings` after a few pings, and its idle
+/// watch is rebuilt every few seconds. testkit's etcd runs with the default
+/// keepalive settings, so this watch must simply last. (With 1 s pings the
+/// stream was closed after about 4 s; 12 s covers three such cycles.)
+#[test]
+fn the_watch_lasts_against_an_etcd_with_default_keepalive_settings() {
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (w, _seen) = watch(&rt, opts(etcd.url()), &Registration::service_prefix("svc"));
+    wait_until(Duration::from_secs(10), "listed", || w.synced());
+    let rebuilt = poll(Duration::from_secs(12), || w.restarts() > 0);
+    assert!(
+        !rebuilt && w.synced(),
+        "the idle watch was rebuilt ({} restarts)",
+        w.restarts()
+    );
+    assert_eq!(w.relists(), 1);
+}
+
+/// Instance names whose connections the test says are up.
+type Up = Arc<Mutex<BTreeSet<String>>>;
+
+fn up(names: &[&str]) -> Up {
+    Arc::new(Mutex::new(names.iter().map(|s| s.to_string()).collect()))
+}
+
+/// A watcher with the removal grace, its `live` check answered from `up`.
+fn watch_with_grace(
+    rt: &tokio::runtime::Runtime,
+    etcd: &Etcd,
+    grace: Duration,
+    up: &Up,
+) -> (Watcher, Arc<Mutex<Snapshot>>) {
+    let mut o = opts(etcd.url());
+    o.removal_grace = grace;
+    let seen = Arc::new(Mutex::new(Snapshot::new()));
+    let (s, up) = (seen.clone(), up.clone());
+    let _g = rt.enter();
+    let w = Watcher::start_with_liveness(
+        o,
+        Registration::service_prefix("svc"),
+        move |r| up.lock().unwrap().contains(&r.instance),
+        move |snap| *s.lock().unwrap() = snap.clone(),
+    );
+    wait_until(Duration::from_secs(10), "listed", || w.synced());
+    (w, seen)
+}
+
+fn put(etcd: &Etcd, r: &Registration) {
+    etcd.ctl(&["put", &r.key(), &serde_json::to_string(r).unwrap()]);
+}
+
+fn del(etcd: &Etcd, instance: &str) {
+    etcd.ctl(&["del", &reg("svc", instance).key()]);
+}
+
+#[test]
+fn a_vanished_key_stays_listed_while_its_connection_is_up() {
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for i in ["a", "b", "c"] {
+        put(&etcd, &reg("svc", i));
+    }
+    let up = up(&["a", "c"]);
+    let (w, seen) = watch_with_grace(&rt, &etcd, Duration::from_secs(60), &up);
+    assert_eq!(instances(&seen), ["a", "b", "c"]);
+
+    // a's connection is up: kept. b's is down: removed at once.
+    del(&etcd, "a");
+    del(&etcd, "b");
+    wait_until(Duration::from_secs(5), "b removed", || {
+        instances(&seen) == ["a", "c"]
+    });
+    assert_eq!(w.kept(), 1);
+
+    // a registers again: listed from etcd, no longer kept.
+    put(&etcd, &reg("svc", "a"));
+    wait_until(Duration::from_secs(5), "a back", || w.kept() == 0);
+    assert_eq!(instances(&seen), ["a", "c"]);
+
+    // Kept again, then its connection fails: removed within the check
+    // period, long before the grace.
+    del(&etcd, "a");
+    wait_until(Duration::from_secs(5), "a kept", || w.kept() == 1);
+    assert_eq!(instances(&seen), ["a", "c"]);
+    up.lock().unwrap().remove("a");
+    let t0 = Instant::now();
+    wait_until(Duration::from_secs(5), "a removed", || {
+        instances(&seen) == ["c"]
+    });
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(w.kept(), 0);
+}
+
+#[test]
+fn a_kept_registration_goes_when_the_grace_runs_out() {
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    put(&etcd, &reg("svc", "a"));
+    let (w, seen) = watch_with_grace(&rt, &etcd, Duration::from_secs(1), &up(&["a"]));
+    assert_eq!(instances(&seen), ["a"]);
+    del(&etcd, "a");
+    wait_until(Duration::from_secs(5), "a kept", || w.kept() == 1);
+    let t0 = Instant::now();
+    wait_until(Duration::from_secs(5), "a removed", || {
+        instances(&seen).is_empty()
+    });
+    // Kept for the grace (1 s, counted from the delete), not much longer.
+    let took = t0.elapsed();
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert_eq!(w.kept(), 0);
+}
+
+#[test]
+fn a_deliberate_deregistration_is_not_kept() {
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = register(&rt, &etcd);
+    // Its connection is up, as an instance's is while it drains.
+    let (w, seen) = watch_with_grace(&rt, &etcd, Duration::from_secs(60), &up(&["a"]));
+    assert_eq!(instances(&seen), ["a"]);
+    rt.block_on(r.deregister(Duration::from_secs(2)));
+    assert!(etcd.keys(PREFIX).is_empty());
+    wait_until(Duration::from_secs(2), "a removed at once", || {
+        instances(&seen).is_empty()
+    });
+    assert_eq!(w.kept(), 0);
 }

@@ -19,8 +19,9 @@ Usage:
 Prints one line once bound and, with --etcd, registered (if etcd does not
 answer, it says so on stderr, prints the line anyway and keeps trying):
   etcd_service listening bus=tcp://127.0.0.1:41234 key=/switchboard/services/pyhello/host-4242-1a2b3c4d
-SIGTERM or SIGINT revokes the lease (the key disappears at once), keeps
-serving for 0.5 s while callers notice, then exits 0.
+SIGTERM or SIGINT marks the registration draining and revokes the lease
+(the key disappears at once), keeps serving for 0.5 s while callers notice,
+then exits 0.
 """
 import argparse
 import base64
@@ -145,7 +146,9 @@ class Registrar:
     grant lease(TTL) -> put key with the lease -> keepalive every TTL/3
       keepalive answers TTL 0 (lease gone) or fails -> grant and put again,
       after a back-off of 100 ms doubling to 2 s
-    stop(): revoke the lease, which deletes the key at once
+    stop(): put the value again with "draining": true (callers drop the
+      instance at once instead of keeping it for their removal grace), then
+      revoke the lease, which deletes the key at once
     """
 
     def __init__(self, endpoints, key, value, ttl):
@@ -220,12 +223,17 @@ class Registrar:
                 self.lease = None
 
     def stop(self):
-        """Revokes the lease: the key is deleted now, not after the TTL."""
+        """Marks the key draining and revokes the lease: the key is deleted
+        now, not after the TTL."""
         self.stopping.set()
         if self.thread is not None:
             self.thread.join(timeout=5)
         if self.lease is not None:
             try:
+                draining = dict(json.loads(self.value), draining=True)
+                self.call("/v3/kv/put", {"key": b64(self.key), "lease": self.lease,
+                                         "value": b64(json.dumps(draining,
+                                                                 separators=(",", ":")))})
                 self.call("/v3/lease/revoke", {"ID": self.lease})
                 log("deregistered %s" % self.key)
             except OSError as e:

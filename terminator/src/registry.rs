@@ -155,6 +155,17 @@ impl Follower {
         }
     }
 
+    /// Whether `r`'s instance is connected on this follower's client for
+    /// its service: the watcher keeps a registration whose key vanished for
+    /// as long as this holds (the removal grace).
+    pub fn is_live(&self, r: &Registration) -> bool {
+        self.clients.get(&r.service).is_some_and(|c| {
+            c.instances()
+                .iter()
+                .any(|i| i.endpoint() == r.bus && i.is_connected())
+        })
+    }
+
     /// Applies one snapshot of every registration.
     pub fn apply(&mut self, snap: &Snapshot) {
         let mut by_service: BTreeMap<&str, Vec<&Registration>> = BTreeMap::new();
@@ -258,6 +269,7 @@ mod tests {
             routes: routes.iter().map(|s| s.to_string()).collect(),
             version: String::new(),
             started_at: 0,
+            draining: false,
         };
         (r.key(), r)
     }

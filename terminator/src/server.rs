@@ -84,15 +84,19 @@ pub async fn serve(
     )?);
     shared.shards.lock().push(routes.clone());
     let _watch = settings.etcd.clone().map(|o| {
-        let mut follower = registry::Follower::new(
+        let follower = Arc::new(parking_lot::Mutex::new(registry::Follower::new(
             settings.routes.clone(),
             settings.routes_explicit,
             settings.timeout,
             routes.clone(),
-        );
-        discovery::Watcher::start(o, discovery::PREFIX.into(), move |snap| {
-            follower.apply(snap)
-        })
+        )));
+        let f = follower.clone();
+        discovery::Watcher::start_with_liveness(
+            o,
+            discovery::PREFIX.into(),
+            move |r| f.lock().is_live(r),
+            move |snap| follower.lock().apply(snap),
+        )
     });
     let edge = Arc::new(Edge {
         routes,

@@ -46,6 +46,24 @@ impl Etcd {
         }
     }
 
+    /// Freezes etcd (SIGSTOP): its sockets stay open but nothing answers,
+    /// and its clock keeps running, so leases expire the moment it thaws.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen etcd run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let c = self.child.as_ref().expect("etcd is running");
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        let rc = unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", c.id());
+    }
+
     /// Starts etcd again on the same ports and data.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "etcd already running");
@@ -61,6 +79,8 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("t={peer}")])
             .args(["--log-level", "warn"])
+            // No --grpc-keepalive-* flags on purpose: clients must live with
+            // etcd's defaults (pings no closer than 5 s), as in production.
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -12,6 +12,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,6 +22,10 @@ use tokio::net::TcpStream;
 const MAX_HEAD: usize = 64 << 10;
 const MAX_HEADERS: usize = 64;
 const BUF: usize = 16 << 10;
+/// A connection idle longer than this is checked for the server's close
+/// before a request is written on it (one non-blocking read; back-to-back
+/// requests skip it).
+const STALE_CHECK_AFTER: Duration = Duration::from_millis(1);
 
 pub struct Conn {
     stream: TcpStream,
@@ -28,6 +33,8 @@ pub struct Conn {
     /// `buf[start..end]` holds received bytes not yet consumed.
     start: usize,
     end: usize,
+    /// When the last response ended; `None` before the first.
+    idle_since: Option<Instant>,
 }
 
 /// A complete response.
@@ -40,18 +47,16 @@ pub struct Response {
 
 #[derive(Debug)]
 pub enum Error {
-    /// The peer closed before a single byte of the response: on a kept-alive
-    /// connection this is the server's idle close, and the request may be
-    /// sent again on a fresh one.
-    ClosedBeforeResponse,
-    Io(io::Error),
+    /// Nothing was sent: the connection was already closed by the server
+    /// (its idle close, seen before writing). Send again on a fresh one.
+    Closed,
+    /// The request was written, then the connection ended (EOF or reset)
+    /// before the response was complete: a failed request, what wrk calls
+    /// a read error.
+    Read(&'static str),
+    /// Writing the request failed.
+    Write(io::Error),
     Protocol(&'static str),
-}
-
-impl From<io::Error> for Error {
-    fn from(e: io::Error) -> Self {
-        Error::Io(e)
-    }
 }
 
 enum Body {
@@ -72,27 +77,54 @@ impl Conn {
             buf: vec![0; BUF].into_boxed_slice(),
             start: 0,
             end: 0,
+            idle_since: None,
         })
+    }
+
+    /// Whether the server closed this connection while it sat idle: a
+    /// request written now would be lost, not answered.
+    fn closed_while_idle(&mut self) -> bool {
+        match self.stream.try_read(&mut self.buf) {
+            Ok(0) => true,
+            Ok(_) => false, // stray bytes: dropped before the next response
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        }
     }
 
     /// Sends `req` (a complete serialized request) and reads the response.
     /// `head` says the request was HEAD (its response has no body).
     pub async fn exchange(&mut self, req: &[u8], head: bool) -> Result<Response, Error> {
-        self.stream.write_all(req).await?;
+        if self
+            .idle_since
+            .is_some_and(|t| t.elapsed() >= STALE_CHECK_AFTER)
+            && self.closed_while_idle()
+        {
+            return Err(Error::Closed);
+        }
+        self.idle_since = None;
+        self.stream.write_all(req).await.map_err(Error::Write)?;
         // A response cannot start before the request went out: anything
         // left over from before is garbage from a broken previous exchange.
         self.start = 0;
         self.end = 0;
+        let r = self.response(head).await;
+        if r.is_ok() {
+            self.idle_since = Some(Instant::now());
+        }
+        r
+    }
+
+    async fn response(&mut self, head: bool) -> Result<Response, Error> {
         loop {
             let (status, body, close, head_len) = match self.parse_head(head)? {
                 Some(h) => h,
                 None => {
                     if self.fill().await? == 0 {
-                        return Err(if self.end == 0 {
-                            Error::ClosedBeforeResponse
+                        return Err(Error::Read(if self.end == 0 {
+                            "connection closed before the response"
                         } else {
-                            Error::Protocol("connection closed inside the response head")
-                        });
+                            "connection closed inside the response head"
+                        }));
                     }
                     continue;
                 }
@@ -161,7 +193,8 @@ impl Conn {
     }
 
     /// Reads more bytes after `end`, compacting first if the buffer is full.
-    /// Returns 0 at end of stream.
+    /// Returns 0 at end of stream; a failed read (a reset) is a cut
+    /// response.
     async fn fill(&mut self) -> Result<usize, Error> {
         if self.end == self.buf.len() {
             if self.start == 0 {
@@ -178,7 +211,11 @@ impl Conn {
                 self.start = 0;
             }
         }
-        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        let n = self
+            .stream
+            .read(&mut self.buf[self.end..])
+            .await
+            .map_err(|_| Error::Read("connection reset before the response was complete"))?;
         self.end += n;
         Ok(n)
     }
@@ -197,7 +234,7 @@ impl Conn {
             self.start = 0;
             self.end = 0;
             if self.fill().await? == 0 {
-                return Err(Error::Protocol("connection closed inside the body"));
+                return Err(Error::Read("connection closed inside the body"));
             }
         }
     }
@@ -238,7 +275,7 @@ impl Conn {
 
     async fn more(&mut self, what: &'static str) -> Result<(), Error> {
         if self.fill().await? == 0 {
-            return Err(Error::Protocol(match what {
+            return Err(Error::Read(match what {
                 "chunk size" => "connection closed inside a chunk size",
                 _ => "connection closed inside the chunk trailer",
             }));
@@ -343,10 +380,44 @@ mod tests {
         assert_eq!(c.exchange(req, false).await.unwrap(), ok(503, true));
         assert_eq!(c.exchange(req, false).await.unwrap(), ok(204, true));
         assert_eq!(c.exchange(req, false).await.unwrap(), ok(504, false));
+        // The server is gone: whether the write or the read notices.
         assert!(matches!(
             c.exchange(req, false).await,
-            Err(Error::ClosedBeforeResponse | Error::Io(_))
+            Err(Error::Read(_) | Error::Write(_) | Error::Closed)
         ));
+    }
+
+    /// A kept-alive connection the server closed while it was idle: the
+    /// next request is not written (nothing lost, send it again), while a
+    /// request the server read and then cut is a `Read` failure.
+    #[tokio::test]
+    async fn idle_close_is_closed_and_a_cut_request_is_a_read_error() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            // First connection: one answer, then an idle close.
+            let (mut s, _) = l.accept().await.unwrap();
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            drop(s);
+            let _ = closed_tx.send(());
+            // Second: the request is read, then the connection closed.
+            let (mut s, _) = l.accept().await.unwrap();
+            let _ = s.read(&mut buf).await.unwrap();
+        });
+        let req = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        let mut c = Conn::connect(addr).await.unwrap();
+        assert_eq!(c.exchange(req, false).await.unwrap().status, 200);
+        closed_rx.await.unwrap();
+        // Idle past the check threshold (the condition under test).
+        tokio::time::sleep(STALE_CHECK_AFTER * 2).await;
+        assert!(matches!(c.exchange(req, false).await, Err(Error::Closed)));
+        let mut c = Conn::connect(addr).await.unwrap();
+        assert!(matches!(c.exchange(req, false).await, Err(Error::Read(_))));
     }
 
     #[tokio::test]

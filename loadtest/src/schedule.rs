@@ -129,7 +129,10 @@ pub trait Exchange {
 pub enum Outcome {
     /// A response with this status (its body fully read).
     Status(u16),
-    /// Sent, then the connection failed before the response was complete.
+    /// Sent, then the connection ended (EOF or reset) before the response
+    /// was complete: the server read the request, or may have, and cut it.
+    Read,
+    /// Sent, and failed otherwise (the write, or a malformed response).
     Io,
     /// No response within the per-request timeout.
     Timeout,

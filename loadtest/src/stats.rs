@@ -21,6 +21,9 @@ pub struct Stats {
     pub lag: Histogram<u64>,
     pub status: Box<[u64; STATUSES]>,
     pub connect_errors: u64,
+    /// Requests sent whose connection ended before the response was
+    /// complete (a cut request; wrk's read errors).
+    pub read_errors: u64,
     pub io_errors: u64,
     pub timeouts: u64,
     /// Open loop: due in the window but never sent.
@@ -35,6 +38,7 @@ impl Default for Stats {
             lag: histo::new(),
             status: Box::new([0; STATUSES]),
             connect_errors: 0,
+            read_errors: 0,
             io_errors: 0,
             timeouts: 0,
             unsent: 0,
@@ -60,6 +64,7 @@ impl Stats {
                 let i = code as usize;
                 self.status[if i < STATUSES { i } else { 0 }] += 1;
             }
+            Outcome::Read => self.read_errors += 1,
             Outcome::Io => self.io_errors += 1,
             Outcome::Timeout => self.timeouts += 1,
             Outcome::Closed => {}
@@ -75,6 +80,7 @@ impl Stats {
             *a += b;
         }
         self.connect_errors += o.connect_errors;
+        self.read_errors += o.read_errors;
         self.io_errors += o.io_errors;
         self.timeouts += o.timeouts;
         self.unsent += o.unsent;
@@ -91,7 +97,9 @@ impl Stats {
 
     /// Failures by kind, non-zero only: responses that are not 2xx/3xx by
     /// status class (503 and 504 apart: overload and deadline are the two
-    /// the gateway produces on purpose), then transport failures.
+    /// the gateway produces on purpose), then transport failures: `connect`
+    /// (no request sent), `read` (sent, connection ended before the
+    /// response), `io` (sent, failed otherwise), `timeout`.
     pub fn errors(&self) -> Vec<(&'static str, u64)> {
         let (mut s503, mut s504, mut s5xx, mut s4xx, mut other) = (0, 0, 0, 0, 0);
         for (code, n) in self.statuses() {
@@ -111,6 +119,7 @@ impl Stats {
             ("4xx", s4xx),
             ("other_status", other),
             ("connect", self.connect_errors),
+            ("read", self.read_errors),
             ("io", self.io_errors),
             ("timeout", self.timeouts),
         ]
@@ -130,6 +139,7 @@ impl Stats {
         self.lag.reset();
         self.status.fill(0);
         self.connect_errors = 0;
+        self.read_errors = 0;
         self.io_errors = 0;
         self.timeouts = 0;
         self.unsent = 0;

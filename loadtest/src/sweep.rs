@@ -44,7 +44,7 @@ impl Step {
         let s = &out.stats;
         let got = achieved(out);
         let errors = s.error_count();
-        let attempts = s.responses() + s.connect_errors + s.io_errors + s.timeouts;
+        let attempts = s.responses() + s.connect_errors + s.read_errors + s.io_errors + s.timeouts;
         let error_rate = if attempts == 0 {
             1.0
         } else {

@@ -240,8 +240,10 @@ struct H1Exchange<'a> {
     /// to keep them all.
     scratch: Vec<u8>,
     /// Responses on this connection: a connection that dies before its
-    /// first one counts as a connect error (and backs off).
+    /// first one backs off before the next connect.
     served: u64,
+    /// The connection ended before a request was written on it (`Closed`).
+    ended_unsent: bool,
     /// The last response allowed another request on this connection.
     reusable: bool,
 }
@@ -262,9 +264,11 @@ impl Exchange for H1Exchange<'_> {
                         self.reusable = r.reusable;
                         Outcome::Status(r.status)
                     }
-                    // The idle close of a kept-alive connection (or a fresh
-                    // one refused): send again on a new connection.
-                    Ok(Err(h1::Error::ClosedBeforeResponse)) => Outcome::Closed,
+                    // The idle close of a kept-alive connection, seen before
+                    // writing: send again on a new connection.
+                    Ok(Err(h1::Error::Closed)) => Outcome::Closed,
+                    // Written, then cut: a failed request.
+                    Ok(Err(h1::Error::Read(_))) => Outcome::Read,
                     Ok(Err(_)) => Outcome::Io,
                 }
             }
@@ -274,10 +278,10 @@ impl Exchange for H1Exchange<'_> {
                     if sender.ready().await.is_err() {
                         return Outcome::Closed;
                     }
-                    let Ok(resp) = sender.send_request(req).await else {
-                        return Outcome::Io;
-                    };
-                    read_response(resp).await
+                    match sender.send_request(req).await {
+                        Ok(resp) => read_response(resp).await,
+                        Err(e) => failed_send(&e),
+                    }
                 });
                 let mut work = pin!(work);
                 poll_fn(|cx| {
@@ -292,8 +296,10 @@ impl Exchange for H1Exchange<'_> {
                 .unwrap_or(Outcome::Timeout)
             }
         };
-        if let Outcome::Status(_) = out {
-            self.served += 1;
+        match out {
+            Outcome::Status(_) => self.served += 1,
+            Outcome::Closed => self.ended_unsent = true,
+            _ => {}
         }
         out
     }
@@ -305,10 +311,23 @@ async fn read_response(resp: http::Response<hyper::body::Incoming>) -> Outcome {
     let mut body = resp.into_body();
     while let Some(f) = body.frame().await {
         if f.is_err() {
-            return Outcome::Io;
+            return Outcome::Read; // the connection ended inside the body
         }
     }
     Outcome::Status(status)
+}
+
+/// hyper's client could not deliver a response: a request it never wrote
+/// (`Closed`: send again), one cut after it was sent (`Read`), or another
+/// failure (`Io`).
+fn failed_send(e: &hyper::Error) -> Outcome {
+    if e.is_canceled() {
+        Outcome::Closed
+    } else if e.is_incomplete_message() {
+        Outcome::Read
+    } else {
+        Outcome::Io
+    }
 }
 
 async fn h1_user(plan: Arc<Plan>, user: u64, mut pre: Option<H1Conn>, start: Instant) -> u64 {
@@ -337,6 +356,7 @@ async fn h1_user(plan: Arc<Plan>, user: u64, mut pre: Option<H1Conn>, start: Ins
             keys,
             scratch: Vec::new(),
             served: 0,
+            ended_unsent: false,
             reusable: true,
         };
         let finished = drive(&mut pacer, &mut ex, &mut |s| {
@@ -348,8 +368,13 @@ async fn h1_user(plan: Arc<Plan>, user: u64, mut pre: Option<H1Conn>, start: Ins
             break;
         }
         if ex.served == 0 {
-            // Accepted, then closed before answering anything.
-            count_connect_error();
+            // Accepted, then closed before answering anything: a connect
+            // error if no request went out on it (a request that did is
+            // already counted as failed). Either way, do not re-dial in a
+            // tight loop.
+            if ex.ended_unsent {
+                count_connect_error();
+            }
             if !backoff(pacer.end()).await {
                 break;
             }
@@ -414,10 +439,10 @@ impl Exchange for H2Exchange<'_> {
             if sender.ready().await.is_err() {
                 return Outcome::Closed;
             }
-            let Ok(resp) = sender.send_request(req).await else {
-                return Outcome::Io;
-            };
-            read_response(resp).await
+            match sender.send_request(req).await {
+                Ok(resp) => read_response(resp).await,
+                Err(e) => failed_send(&e),
+            }
         })
         .await
         .unwrap_or(Outcome::Timeout)

@@ -31,13 +31,16 @@ pub trait Admin: Send + Sync + 'static {
 
 /// Serves the admin pages until the task is dropped or aborted.
 pub async fn serve(listener: TcpListener, admin: Arc<dyn Admin>) {
+    let mut backoff = crate::accept::Backoff::new("admin");
     loop {
         let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+            Ok((s, _)) => {
+                backoff.ok();
+                s
+            }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(backoff.failed(&e)).await;
                 continue;
             }
         };

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! - [`accept`]: back-off and once-per-burst logging for failed accepts
+//!   (out of file descriptors).
 //! - [`admin`]: `/healthz`, `/readyz`, `/stats`, `/stats/histograms` and
 //!   process-specific JSON pages.
 //! - [`metrics`]: the `--statsd*` / `--metrics` flags and the statsd flush.
@@ -12,6 +14,7 @@
 //! - [`init_tracing`]: logging, set up the same way everywhere.
 //! - [`parse_duration`]: `250ms`, `2s`, `1m`, `1h` in flags, env and files.
 
+pub mod accept;
 pub mod admin;
 pub mod metrics;
 pub mod process;

@@ -35,6 +35,9 @@ pub enum RuntimeKind {
 /// A client must finish sending its request head within this (slowloris).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// A connection with no request in progress that sends nothing for this
+/// long is closed: from accept to the first byte, and between requests.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One entry of the route table.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -74,6 +77,13 @@ pub struct Settings {
     /// etcd discovery; None keeps the static routes.
     pub etcd: Option<discovery::EtcdOptions>,
     pub metrics: svc_host::metrics::MetricsSettings,
+    /// Closes connections idle this long (no request in progress, nothing
+    /// read or written): before the first byte and between requests.
+    pub idle_timeout: Duration,
+    /// Open HTTP connections per process; at the cap the connection idle
+    /// the longest is closed for each new one. None: three quarters of the
+    /// open-file limit (`server::default_max_connections`).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Settings {
@@ -102,6 +112,8 @@ impl Default for Settings {
             metrics: svc_host::metrics::MetricsArgs::default()
                 .settings()
                 .expect("defaults are valid"),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: None,
         }
     }
 }
@@ -161,6 +173,16 @@ pub struct Args {
     pub discovery: discovery::EtcdArgs,
     #[command(flatten)]
     pub metrics: svc_host::metrics::MetricsArgs,
+    /// Close a connection that sends nothing for this long while no request
+    /// is in progress: before its first byte and between keep-alive
+    /// requests [default: 10s]
+    #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// Open HTTP connections per process; at the cap each new connection
+    /// closes the one idle the longest (503 if none is idle)
+    /// [default: three quarters of the open-file limit]
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +202,8 @@ struct File {
     threads: Option<usize>,
     #[serde(default)]
     route: Vec<Route>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
 }
 
 /// Parses `250ms`, `5s`, `2m`, `1h`.
@@ -435,6 +459,24 @@ impl Settings {
             }
         }
         s.routes = routes;
+        pick(
+            "idle_timeout",
+            args.idle_timeout,
+            file.idle_timeout,
+            dur,
+            &mut s.idle_timeout,
+            &mut errors,
+        );
+        let mut max_connections = 0;
+        pick(
+            "max_connections",
+            args.max_connections,
+            num(file.max_connections),
+            count,
+            &mut max_connections,
+            &mut errors,
+        );
+        s.max_connections = (max_connections > 0).then_some(max_connections);
         if errors.is_empty() {
             Ok(s)
         } else {
@@ -541,6 +583,32 @@ mod tests {
         let errs = Settings::load(Args {
             admission: Some("magic".into()),
             retry_budget: Some("20%".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+    }
+
+    #[test]
+    fn idle_timeout_and_connection_cap() {
+        let s = Settings::load(Args::default()).unwrap();
+        assert_eq!(
+            (s.idle_timeout, s.max_connections),
+            (DEFAULT_IDLE_TIMEOUT, None)
+        );
+        let s = Settings::load(Args {
+            idle_timeout: Some("750ms".into()),
+            max_connections: Some("5000".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (s.idle_timeout, s.max_connections),
+            (Duration::from_millis(750), Some(5000))
+        );
+        let errs = Settings::load(Args {
+            idle_timeout: Some("0s".into()),
+            max_connections: Some("0".into()),
             ..Args::default()
         })
         .unwrap_err();

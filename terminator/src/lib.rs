@@ -13,6 +13,8 @@
 //!   budget every shard's bus client shares.
 //! - [`metrics`]: counters and latency histograms per route and class.
 //! - [`request_id`]: accept or generate `x-request-id`.
+//! - [`conn`]: one HTTP connection from accept to close: idle timeout,
+//!   the connection cap, what a drain does to it.
 //! - [`server`]: accept loops, admin endpoints, graceful drain; a process
 //!   is one or more shards (`server::serve`): one single-threaded shard
 //!   per core by default (`--runtime per-core`), so a request never leaves
@@ -24,6 +26,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod conn;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;

@@ -1,17 +1,18 @@
 //! Accept loops for the HTTP and admin listeners, and graceful drain.
 
 use crate::config::Settings;
+use crate::conn::{
+    accept_now, default_max_connections, open_spare, refuse, stop_listening, ConnTable, Phase,
+    ShardConns,
+};
 use crate::metrics::EdgeMetrics;
-use crate::proxy::{self, Edge};
+use crate::proxy::Edge;
 use crate::registry;
 use crate::routes::Routes;
 use crate::upstream::Upstreams;
-use http::{Request, StatusCode};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct Shared {
     /// Every shard's route table, so `/readyz` counts the calls pending in
     /// all of them.
     pub shards: Arc<parking_lot::Mutex<Vec<Arc<Routes>>>>,
+    /// Every open HTTP connection of the process, for `--max-connections`.
+    pub conns: Arc<ConnTable>,
 }
 
 impl Shared {
@@ -45,6 +48,7 @@ impl Shared {
             in_flight: Default::default(),
             draining: Default::default(),
             shards: Default::default(),
+            conns: Default::default(),
         }
     }
 }
@@ -132,47 +136,78 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size((settings.max_header_bytes * 2).min(u32::MAX as usize) as u32);
-    let graceful = GracefulShutdown::new();
+    let (done, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let shard = ShardConns {
+        builder,
+        edge: edge.clone(),
+        table: shared.conns.clone(),
+        draining: draining.clone(),
+        max: settings
+            .max_connections
+            .unwrap_or_else(default_max_connections),
+        idle_timeout: settings.idle_timeout,
+        phase: tokio::sync::watch::channel(Phase::Serving).0,
+        done,
+    };
+    let mut backoff = svc_host::accept::Backoff::new("http");
+    // One descriptor held back: out of descriptors, it is closed to accept
+    // (and answer 503 to) a connection waiting in the kernel's queue.
+    let mut spare = open_spare();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            accepted = http.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        continue;
+            accepted = http.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    backoff.ok();
+                    shard.admit(stream);
+                }
+                Err(e) => {
+                    if draining.load(Ordering::SeqCst) || e.raw_os_error() == Some(libc::EINVAL) {
+                        break; // another shard stopped the shared listener
                     }
-                };
-                let _ = stream.set_nodelay(true);
-                let open = OpenConnection::new(&edge.metrics);
-                let edge = edge.clone();
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let edge = edge.clone();
-                    async move { proxy::handle(&edge, req).await }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with error");
+                    if svc_host::accept::out_of_descriptors(&e) && !shard.table.evict_oldest_idle() {
+                        // Nothing idle to close: shed the oldest waiting
+                        // connection with a 503 rather than leave the
+                        // queue full of clients that time out.
+                        if let Some(f) = spare.take() {
+                            drop(f);
+                            if let Some(s) = accept_now(&http) {
+                                refuse(s);
+                            }
+                            spare = open_spare();
+                        }
                     }
-                    drop(open);
-                });
+                    let wait = backoff.failed(&e);
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
             }
         }
     }
+    // What already reached the listener's queue is served; then the
+    // listener stops (for every shard: they share it), so a client told
+    // `connection: close` below reconnects to a refusal rather than into a
+    // queue nobody reads. Only then does the drain start.
+    while let Some(s) = accept_now(&http) {
+        shard.admit(s);
+    }
+    stop_listening(&http);
+    drop(http);
+    drop(spare);
     draining.store(true, Ordering::SeqCst);
     let drain_ends = tokio::time::Instant::now() + settings.grace;
-    drop(http);
     tracing::info!(
         in_flight = edge.in_flight.load(Ordering::Relaxed),
+        connections = shard.table.len(),
         "draining"
     );
-    if tokio::time::timeout(settings.grace, graceful.shutdown())
+    shard.phase.send_replace(Phase::Draining);
+    let ShardConns { phase, done, .. } = shard;
+    drop(done);
+    if tokio::time::timeout_at(drain_ends, done_rx.recv())
         .await
         .is_err()
     {
@@ -180,6 +215,9 @@ pub async fn serve(
             in_flight = edge.in_flight.load(Ordering::Relaxed),
             "grace period over; closing remaining connections"
         );
+        phase.send_replace(Phase::Abort);
+        // Each drops its connection the next time it runs.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), done_rx.recv()).await;
     }
     if let Some(t) = admin_task {
         // The admin port says "draining" until every shard has drained,
@@ -191,22 +229,6 @@ pub async fn serve(
         t.abort();
     }
     Ok(())
-}
-
-/// Counts a connection in the `connections` gauge while it is open.
-struct OpenConnection(Arc<EdgeMetrics>);
-
-impl OpenConnection {
-    fn new(m: &Arc<EdgeMetrics>) -> OpenConnection {
-        m.connections.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(m.clone())
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 struct AdminPages {

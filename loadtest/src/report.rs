@@ -165,6 +165,13 @@ pub fn json(setup: &Setup, out: &RunOutput, server: &[ServerView], tolerance_pct
             Err(e) => json!({"url": v.url, "error": e}),
         })
         .collect();
+    let by_class: Map<String, Value> = s
+        .by_class
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.len() > 0)
+        .map(|(i, h)| (format!("{}xx", i + 1), Percentiles::of(h).to_json()))
+        .collect();
     let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
     json!({
         "url": setup.url,
@@ -182,6 +189,7 @@ pub fn json(setup: &Setup, out: &RunOutput, server: &[ServerView], tolerance_pct
         "latency_ms": Percentiles::of(&s.corrected).to_json(),
         "raw_latency_ms": Percentiles::of(&s.raw).to_json(),
         "schedule_lag_ms": Percentiles::of(&s.lag).to_json(),
+        "latency_by_class_ms": by_class,
         "status": status,
         "errors": errors,
         "error_count": s.error_count(),

@@ -19,6 +19,10 @@ pub struct Stats {
     pub raw: Histogram<u64>,
     /// Actual send - due: how far behind schedule the generator was.
     pub lag: Histogram<u64>,
+    /// `corrected` by status class (1xx..5xx): how fast successes and
+    /// refusals were, apart (an overloaded server answers 503 fast and
+    /// 200 slowly; the mix hides both).
+    pub by_class: [Histogram<u64>; 5],
     pub status: Box<[u64; STATUSES]>,
     pub connect_errors: u64,
     /// Requests sent whose connection ended before the response was
@@ -36,6 +40,7 @@ impl Default for Stats {
             corrected: histo::new(),
             raw: histo::new(),
             lag: histo::new(),
+            by_class: std::array::from_fn(|_| histo::new()),
             status: Box::new([0; STATUSES]),
             connect_errors: 0,
             read_errors: 0,
@@ -61,6 +66,8 @@ impl Stats {
                 histo::record(&mut self.corrected, s.done - s.due);
                 histo::record(&mut self.raw, s.done - s.sent);
                 histo::record(&mut self.lag, s.sent - s.due);
+                let class = (code / 100).clamp(1, 5) as usize - 1;
+                histo::record(&mut self.by_class[class], s.done - s.due);
                 let i = code as usize;
                 self.status[if i < STATUSES { i } else { 0 }] += 1;
             }
@@ -76,6 +83,9 @@ impl Stats {
         let _ = histo::merge(&mut self.corrected, &o.corrected);
         let _ = histo::merge(&mut self.raw, &o.raw);
         let _ = histo::merge(&mut self.lag, &o.lag);
+        for (a, b) in self.by_class.iter_mut().zip(o.by_class.iter()) {
+            let _ = histo::merge(a, b);
+        }
         for (a, b) in self.status.iter_mut().zip(o.status.iter()) {
             *a += b;
         }
@@ -137,6 +147,7 @@ impl Stats {
         self.corrected.reset();
         self.raw.reset();
         self.lag.reset();
+        self.by_class.iter_mut().for_each(|h| h.reset());
         self.status.fill(0);
         self.connect_errors = 0;
         self.read_errors = 0;

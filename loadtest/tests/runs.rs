@@ -36,6 +36,25 @@ fn open_loop_reports_the_servers_delay() {
     assert_eq!(v["status"]["200"].as_u64().unwrap(), sent);
 }
 
+/// Half the requests are refused at once with 503, half answered 200 after
+/// 20 ms: the mixed percentiles hide both; by status class they show.
+#[test]
+fn latency_by_status_class_separates_fast_refusals_from_slow_successes() {
+    let _g = serial();
+    let srv = start(Behavior::Delay(Duration::from_millis(20)));
+    let url = format!("{}{{i}}", srv.url("/"));
+    let (o, v) = loadtest_json(&[
+        "-c", "4", "-d", "1s", "--rate", "100", "--keys", "502..504", &url,
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(v["status"]["200"], v["status"]["503"], "{v}");
+    let ok = ms(&v["latency_by_class_ms"], "2xx", "p50");
+    let refused = ms(&v["latency_by_class_ms"], "5xx", "p99");
+    assert!(ok >= 19.9, "2xx p50 {ok} ms: {v}");
+    assert!(refused < 15.0, "5xx p99 {refused} ms: {v}");
+    assert!(v["latency_by_class_ms"].get("4xx").is_none(), "{v}");
+}
+
 /// One connection at 100 req/s for 3 s; 200 ms in, one request stalls for
 /// 1 s. The ~100 requests due during the stall wait behind it: measured from
 /// when they were due (corrected) p99 shows the stall; measured from when

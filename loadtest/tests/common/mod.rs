@@ -146,6 +146,14 @@ async fn serve(
         Err(_) => Bytes::from_static(b"<body error>"),
     };
     let first = *st.first.get_or_init(Instant::now);
+    // `/503…`: refused at once, whatever the behaviour (an overloaded
+    // server shedding).
+    if path.starts_with("/503") {
+        st.count.fetch_add(1, Ordering::SeqCst);
+        let mut r = http::Response::new(Full::new(Bytes::from_static(b"busy\n")));
+        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        return Ok(r);
+    }
     match st.behavior {
         Behavior::Fast => {}
         Behavior::Delay(d) => tokio::time::sleep(d).await,

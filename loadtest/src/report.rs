@@ -169,7 +169,7 @@ pub fn json(setup: &Setup, out: &RunOutput, server: &[ServerView], tolerance_pct
         .by_class
         .iter()
         .enumerate()
-        .filter(|(_, h)| h.len() > 0)
+        .filter(|(_, h)| !h.is_empty())
         .map(|(i, h)| (format!("{}xx", i + 1), Percentiles::of(h).to_json()))
         .collect();
     let r3 = |v: f64| (v * 1000.0).round() / 1000.0;

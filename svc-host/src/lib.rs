@@ -12,6 +12,7 @@
 //! - [`parse_duration`]: `250ms`, `2s`, `1m`, `1h` in flags, env and files.
 
 pub mod admin;
+pub mod flags;
 pub mod metrics;
 
 use std::fmt::Display;
@@ -46,7 +47,7 @@ where
     }
     init_tracing();
     let _statsd = metrics.settings().ok().and_then(|m| m.start(name));
-    let rt = match runtime(runtime_args.threads) {
+    let rt = match runtime(runtime_args.threads().ok().flatten()) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: cannot start runtime: {e}");
@@ -91,8 +92,21 @@ pub struct RuntimeArgs {
     /// Threads to run on; 1 runs everything on one thread (no work-stealing
     /// wake-ups: cheapest per request where the stack shares a few cores,
     /// as under scripts/up; add instances to scale) [default: one per core]
-    #[arg(long, env = "SWITCHBOARD_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
+    #[arg(long, env = "SWITCHBOARD_THREADS")]
+    pub threads: Option<String>,
+}
+
+impl RuntimeArgs {
+    /// `--threads` as a number (None: one per core), or the problem.
+    pub fn threads(&self) -> Result<Option<u16>, String> {
+        self.threads
+            .as_deref()
+            .map(|v| match v.trim().parse::<u16>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err(format!("--threads: `{v}` is not a number from 1 to 65535")),
+            })
+            .transpose()
+    }
 }
 
 /// The tokio runtime a service binary runs on: work-stealing with one
@@ -128,4 +142,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h)")),
     };
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_reports_its_problem() {
+        let t = |v: &str| {
+            RuntimeArgs {
+                threads: Some(v.into()),
+            }
+            .threads()
+        };
+        assert_eq!(RuntimeArgs::default().threads(), Ok(None));
+        assert_eq!(t("2"), Ok(Some(2)));
+        assert!(t("0").unwrap_err().starts_with("--threads: `0`"));
+        assert!(t("many").is_err());
+    }
 }

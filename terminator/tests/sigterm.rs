@@ -2,7 +2,6 @@
 //! flight all complete with 200, /readyz says 503 meanwhile, exit code 0.
 
 use bytes::Bytes;
-use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;

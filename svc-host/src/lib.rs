@@ -76,14 +76,26 @@ where
     })
 }
 
-/// Logs to stderr, filtered by `SWITCHBOARD_LOG` (default `info`).
+/// Logs to stderr, filtered by `SWITCHBOARD_LOG` (default `info`); colour
+/// only when stderr is a terminal and `NO_COLOR` is unset, so logs piped or
+/// written to a file carry no escape codes.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(use_colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .try_init();
+}
+
+/// Colour on a terminal unless `NO_COLOR` is set to anything non-empty
+/// (<https://no-color.org>).
+fn use_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && !matches!(no_color, Some(v) if !v.is_empty())
 }
 
 /// `--threads` for a service: how many threads its runtime has.
@@ -147,6 +159,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+    }
 
     #[test]
     fn threads_reports_its_problem() {

@@ -30,16 +30,15 @@ WORKDIR /src
 COPY . .
 # The registry and target directories are cache mounts (kept between builds,
 # never part of a layer), so the binaries are copied out of target/ in the
-# same step. The `dist` profile: fat LTO, one codegen unit (Cargo.toml;
-# `--release`, what scripts/up builds, trades that for a quicker build).
+# same step. Release profile: fat LTO, one codegen unit (Cargo.toml).
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --profile dist --locked \
+    cargo build --release --locked \
         --bin terminator --bin aggregator --bin backend-svc --bin loadtest --bin baseline \
  && mkdir -p /out \
- && cp target/dist/terminator target/dist/aggregator target/dist/backend-svc \
-       target/dist/loadtest target/dist/baseline /out/
+ && cp target/release/terminator target/release/aggregator target/release/backend-svc \
+       target/release/loadtest target/release/baseline /out/
 
 # -------------------------------------------------------------- runtime ----
 FROM debian:${DEBIAN}-slim AS runtime

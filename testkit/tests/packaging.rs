@@ -4,7 +4,7 @@
 //! parts: the binaries the Dockerfile builds and copies are exactly the
 //! workspace's `[[bin]]` targets and cargo builds them (in the test's own
 //! profile, debug under `cargo test`: the same targets and features as the
-//! image's `dist` build, without minutes of fat LTO); the files it copies
+//! image's release build, without minutes of fat LTO); the files it copies
 //! from the context exist; the entrypoint and the healthcheck behave when
 //! run here; and `docker-compose config` accepts the compose file.
 //!
@@ -110,10 +110,6 @@ fn parse_dockerfile(text: &str) -> Dockerfile {
                         "--bin" => d
                             .cargo_bins
                             .push(it.next().expect("--bin takes a name").to_string()),
-                        "--profile" => d.cargo_flags.push(format!(
-                            "--profile={}",
-                            it.next().expect("--profile takes a name")
-                        )),
                         f if f.starts_with("--") => d.cargo_flags.push(f.to_string()),
                         _ => {}
                     }
@@ -121,7 +117,7 @@ fn parse_dockerfile(text: &str) -> Dockerfile {
                 d.copied_out.extend(
                     words
                         .iter()
-                        .filter_map(|w| w.strip_prefix("target/dist/"))
+                        .filter_map(|w| w.strip_prefix("target/release/"))
                         .map(String::from),
                 );
             }
@@ -167,7 +163,7 @@ fn dockerfile_ships_exactly_the_workspace_binaries_and_cargo_builds_them() {
 
     for (what, list) in [
         ("cargo build --bin", &d.cargo_bins),
-        ("cp target/dist/", &d.copied_out),
+        ("cp target/release/", &d.copied_out),
         ("COPY --from=build /out/", &d.shipped),
     ] {
         assert_eq!(
@@ -181,9 +177,7 @@ fn dockerfile_ships_exactly_the_workspace_binaries_and_cargo_builds_them() {
             "{what} names a binary twice"
         );
     }
-    // The shipped profile: fat LTO (Cargo.toml's `dist`), not the quicker
-    // `--release` scripts/up builds.
-    for flag in ["--profile=dist", "--locked"] {
+    for flag in ["--release", "--locked"] {
         assert!(
             d.cargo_flags.iter().any(|f| f == flag),
             "the image's cargo build uses {flag}: {:?}",
@@ -245,8 +239,8 @@ fn dockerfile_ships_exactly_the_workspace_binaries_and_cargo_builds_them() {
 fn dockerfile_parser_reads_continuations_and_flags() {
     let d = parse_dockerfile(
         "FROM x AS build\n# COPY --from=build /out/commented /usr/local/bin/\n\
-         RUN --mount=type=cache,target=/t \\\n  cargo build --profile dist --locked \\\n  \
-         --bin a --bin b \\\n && cp target/dist/a target/dist/b /out/\n\
+         RUN --mount=type=cache,target=/t \\\n  cargo build --release --locked \\\n  \
+         --bin a --bin b \\\n && cp target/release/a target/release/b /out/\n\
          FROM y\nCOPY --from=build /out/a /usr/local/bin/a\n\
          COPY --from=build /out/b /usr/local/bin/\nCOPY --chmod=0755 docker/e.sh /e\n",
     );
@@ -254,7 +248,7 @@ fn dockerfile_parser_reads_continuations_and_flags() {
     assert_eq!(d.copied_out, ["a", "b"]);
     assert_eq!(d.shipped, ["a", "b"]);
     assert_eq!(d.context_sources, ["docker/e.sh"]);
-    assert_eq!(d.cargo_flags, ["--profile=dist", "--locked"]);
+    assert_eq!(d.cargo_flags, ["--release", "--locked"]);
 }
 
 fn compose(args: &[&str]) -> Output {

@@ -61,7 +61,9 @@ fn cargo_build(names: &[&str]) {
     use std::io::Write;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--color", "never"]);
+    // --workspace: under `cargo test` the current directory is the
+    // package's, whose default members lack the other packages' binaries.
+    cmd.args(["build", "--workspace", "--color", "never"]);
     for n in names {
         cmd.args(["--bin", n]);
     }

@@ -22,7 +22,7 @@ impl Parsed {
         default: T,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> T {
-        match value.map(|v| parse(v)) {
+        match value.map(parse) {
             None => default,
             Some(Ok(x)) => x,
             Some(Err(e)) => {

@@ -30,40 +30,45 @@ pub const DEFAULT_BACKEND_EVENTS: &str = kv_proto::DEFAULT_EVENTS;
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// Switchboard aggregator: composes responses for the web.
-#[derive(Parser, Debug, Clone)]
+//
+// The flags as given (clap's part: --help, env, unknown flags); values stay
+// strings until `Args::from_flags` parses them all at once, so that every
+// bad value is reported, not just the first.
+#[derive(Parser, Debug, Clone, Default)]
 #[command(name = "aggregator", version, about)]
-pub struct Args {
-    /// Bus endpoint to bind (port 0 picks a free one)
-    #[arg(long, env = "SWITCHBOARD_BUS", default_value = DEFAULT_BUS)]
-    pub bus: String,
-    /// Admin listen address (/healthz, /readyz, /stats)
-    #[arg(long, env = "SWITCHBOARD_ADMIN", default_value = DEFAULT_ADMIN)]
-    pub admin: std::net::SocketAddr,
-    /// Requests handled at once before new ones get 503
-    #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT", default_value_t = bus::service::DEFAULT_MAX_IN_FLIGHT)]
-    pub max_in_flight: usize,
-    /// backend-svc bus endpoints, comma-separated
-    #[arg(long, env = "SWITCHBOARD_BACKEND", default_value = DEFAULT_BACKEND, value_delimiter = ',')]
+pub struct Flags {
+    /// Bus endpoint to bind (port 0 picks a free one) [default: tcp://127.0.0.1:8100]
+    #[arg(long, env = "SWITCHBOARD_BUS")]
+    pub bus: Option<String>,
+    /// Admin listen address (/healthz, /readyz, /stats, /stats/histograms)
+    /// [default: 127.0.0.1:8101]
+    #[arg(long, env = "SWITCHBOARD_ADMIN")]
+    pub admin: Option<String>,
+    /// Requests handled at once before new ones get 503 [default: 4096]
+    #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<String>,
+    /// backend-svc bus endpoints, comma-separated [default: tcp://127.0.0.1:8200]
+    #[arg(long, env = "SWITCHBOARD_BACKEND", value_delimiter = ',')]
     pub backend: Vec<String>,
-    /// backend-svc event endpoints (kv.changed), comma-separated; used by the cache
-    #[arg(long, env = "SWITCHBOARD_BACKEND_EVENTS", default_value = DEFAULT_BACKEND_EVENTS, value_delimiter = ',')]
+    /// backend-svc event endpoints (kv.changed), comma-separated; used by the
+    /// cache [default: tcp://127.0.0.1:8202]
+    #[arg(long, env = "SWITCHBOARD_BACKEND_EVENTS", value_delimiter = ',')]
     pub backend_events: Vec<String>,
     /// Turn on the read cache (invalidated by kv.changed events)
     #[arg(long, env = "SWITCHBOARD_CACHE")]
     pub cache: bool,
-    /// Longest a cached value is served without being re-read (e.g. 10s)
-    #[arg(long, env = "SWITCHBOARD_CACHE_TTL", default_value = "10s", value_parser = svc_host::parse_duration)]
-    pub cache_ttl: Duration,
-    /// Most values the cache holds
-    #[arg(long, env = "SWITCHBOARD_CACHE_ENTRIES", default_value_t = cache::DEFAULT_MAX_ENTRIES)]
-    pub cache_entries: usize,
-    /// Keys per backend call when a multi-get fans out
-    #[arg(long, env = "SWITCHBOARD_MULTI_CHUNK", default_value_t = kv::DEFAULT_CHUNK)]
-    pub multi_chunk: usize,
-
-    /// Time in-flight requests get to finish on SIGTERM
-    #[arg(long, env = "SWITCHBOARD_GRACE", default_value = "30s", value_parser = svc_host::parse_duration)]
-    pub grace: Duration,
+    /// Longest a cached value is served without being re-read [default: 10s]
+    #[arg(long, env = "SWITCHBOARD_CACHE_TTL")]
+    pub cache_ttl: Option<String>,
+    /// Most values the cache holds [default: 100000]
+    #[arg(long, env = "SWITCHBOARD_CACHE_ENTRIES")]
+    pub cache_entries: Option<String>,
+    /// Keys per backend call when a multi-get fans out [default: 16]
+    #[arg(long, env = "SWITCHBOARD_MULTI_CHUNK")]
+    pub multi_chunk: Option<String>,
+    /// Time in-flight requests get to finish on SIGTERM [default: 30s]
+    #[arg(long, env = "SWITCHBOARD_GRACE")]
+    pub grace: Option<String>,
 
     #[command(flatten)]
     pub discovery: discovery::EtcdArgs,
@@ -75,10 +80,91 @@ pub struct Args {
     pub runtime: svc_host::RuntimeArgs,
 }
 
+/// The aggregator's settings, parsed from [`Flags`].
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub bus: String,
+    pub admin: std::net::SocketAddr,
+    pub max_in_flight: usize,
+    pub backend: Vec<String>,
+    pub backend_events: Vec<String>,
+    pub cache: bool,
+    pub cache_ttl: Duration,
+    pub cache_entries: usize,
+    pub multi_chunk: usize,
+    pub grace: Duration,
+    pub discovery: discovery::EtcdArgs,
+    pub metrics: svc_host::metrics::MetricsArgs,
+    pub runtime: svc_host::RuntimeArgs,
+    /// Values that did not parse (their fields keep the default).
+    unparsed: Vec<String>,
+}
+
 impl Args {
+    /// The command line and environment; `--help`, `--version` and unknown
+    /// flags are clap's. Bad values are kept for [`Args::problems`].
+    pub fn parse() -> Args {
+        Args::from_flags(Flags::parse())
+    }
+
+    pub fn parse_from<I, T>(args: I) -> Args
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Args::from_flags(Flags::parse_from(args))
+    }
+
+    pub fn from_flags(f: Flags) -> Args {
+        use svc_host::flags::{addr, count, duration, Parsed};
+        let mut p = Parsed::default();
+        let or = |v: Vec<String>, d: &str| if v.is_empty() { vec![d.to_string()] } else { v };
+        Args {
+            bus: f.bus.unwrap_or_else(|| DEFAULT_BUS.into()),
+            admin: p.get(
+                "--admin",
+                f.admin.as_deref(),
+                DEFAULT_ADMIN.parse().expect("valid default"),
+                addr,
+            ),
+            max_in_flight: p.get(
+                "--max-in-flight",
+                f.max_in_flight.as_deref(),
+                bus::service::DEFAULT_MAX_IN_FLIGHT,
+                count,
+            ),
+            backend: or(f.backend, DEFAULT_BACKEND),
+            backend_events: or(f.backend_events, DEFAULT_BACKEND_EVENTS),
+            cache: f.cache,
+            cache_ttl: p.get(
+                "--cache-ttl",
+                f.cache_ttl.as_deref(),
+                cache::DEFAULT_TTL,
+                duration,
+            ),
+            cache_entries: p.get(
+                "--cache-entries",
+                f.cache_entries.as_deref(),
+                cache::DEFAULT_MAX_ENTRIES,
+                count,
+            ),
+            multi_chunk: p.get(
+                "--multi-chunk",
+                f.multi_chunk.as_deref(),
+                kv::DEFAULT_CHUNK,
+                count,
+            ),
+            grace: p.get("--grace", f.grace.as_deref(), DEFAULT_GRACE, duration),
+            discovery: f.discovery,
+            metrics: f.metrics,
+            runtime: f.runtime,
+            unparsed: p.problems,
+        }
+    }
+
     /// Every problem with the arguments, not just the first.
     pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
+        let mut p = self.unparsed.clone();
         if let Err(e) = bus::check_endpoint(&self.bus) {
             p.push(format!("--bus: {e}"));
         }
@@ -92,20 +178,8 @@ impl Args {
                 }
             }
         }
-        if self.backend.is_empty() {
-            p.push("--backend: give at least one endpoint".into());
-        }
-        for (flag, v) in [
-            ("--max-in-flight", self.max_in_flight),
-            ("--cache-entries", self.cache_entries),
-            ("--multi-chunk", self.multi_chunk),
-        ] {
-            if v == 0 {
-                p.push(format!("{flag}: must be at least 1"));
-            }
-        }
-        if self.cache_ttl.is_zero() {
-            p.push("--cache-ttl: must be above 0".into());
+        if let Err(e) = self.runtime.threads() {
+            p.push(e);
         }
         if let Err(e) = self.discovery.options() {
             p.extend(e);
@@ -116,6 +190,9 @@ impl Args {
         p
     }
 }
+
+#[cfg(test)]
+mod args_tests;
 
 /// The aggregator's state, shared by every request.
 pub struct App {

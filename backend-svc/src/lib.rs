@@ -34,34 +34,39 @@ pub const DEFAULT_MAX_VALUE: usize = 1024 * 1024;
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// Switchboard backend-svc: the durable key-value service `backend`.
-#[derive(Parser, Debug, Clone)]
+//
+// The flags as given (clap's part: --help, env, unknown flags); values stay
+// strings until `Args::from_flags` parses them all at once, so that every
+// bad value is reported, not just the first.
+#[derive(Parser, Debug, Clone, Default)]
 #[command(name = "backend-svc", version, about)]
-pub struct Args {
-    /// Bus endpoint to bind (port 0 picks a free one)
-    #[arg(long, env = "SWITCHBOARD_BUS", default_value = DEFAULT_BUS)]
-    pub bus: String,
+pub struct Flags {
+    /// Bus endpoint to bind (port 0 picks a free one) [default: tcp://127.0.0.1:8200]
+    #[arg(long, env = "SWITCHBOARD_BUS")]
+    pub bus: Option<String>,
     /// Endpoint to publish kv.changed events on (PUB; port 0 picks one)
-    #[arg(long, env = "SWITCHBOARD_EVENTS", default_value = DEFAULT_EVENTS)]
-    pub events: String,
-    /// Admin listen address (/healthz, /readyz, /stats)
-    #[arg(long, env = "SWITCHBOARD_ADMIN", default_value = DEFAULT_ADMIN)]
-    pub admin: std::net::SocketAddr,
-    /// Directory holding the store (created if missing)
-    #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
-    /// Largest value accepted, in bytes
-    #[arg(long, env = "SWITCHBOARD_MAX_VALUE", default_value_t = DEFAULT_MAX_VALUE)]
-    pub max_value: usize,
-    /// Writes queued for the disk before new ones get 503
-    #[arg(long, env = "SWITCHBOARD_WRITE_QUEUE", default_value_t = store::DEFAULT_WRITE_QUEUE)]
-    pub write_queue: usize,
-    /// Requests handled at once before new ones get 503
-    #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT", default_value_t = bus::service::DEFAULT_MAX_IN_FLIGHT)]
-    pub max_in_flight: usize,
-
-    /// Time in-flight requests get to finish on SIGTERM
-    #[arg(long, env = "SWITCHBOARD_GRACE", default_value = "30s", value_parser = svc_host::parse_duration)]
-    pub grace: Duration,
+    /// [default: tcp://127.0.0.1:8202]
+    #[arg(long, env = "SWITCHBOARD_EVENTS")]
+    pub events: Option<String>,
+    /// Admin listen address (/healthz, /readyz, /stats, /stats/histograms)
+    /// [default: 127.0.0.1:8201]
+    #[arg(long, env = "SWITCHBOARD_ADMIN")]
+    pub admin: Option<String>,
+    /// Directory holding the store (created if missing) [default: ./data/backend]
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest value accepted, in bytes [default: 1048576]
+    #[arg(long, env = "SWITCHBOARD_MAX_VALUE")]
+    pub max_value: Option<String>,
+    /// Writes queued for the disk before new ones get 503 [default: 4096]
+    #[arg(long, env = "SWITCHBOARD_WRITE_QUEUE")]
+    pub write_queue: Option<String>,
+    /// Requests handled at once before new ones get 503 [default: 4096]
+    #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<String>,
+    /// Time in-flight requests get to finish on SIGTERM [default: 30s]
+    #[arg(long, env = "SWITCHBOARD_GRACE")]
+    pub grace: Option<String>,
 
     #[command(flatten)]
     pub discovery: discovery::EtcdArgs,
@@ -73,24 +78,89 @@ pub struct Args {
     pub runtime: svc_host::RuntimeArgs,
 }
 
+/// backend-svc's settings, parsed from [`Flags`].
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub bus: String,
+    pub events: String,
+    pub admin: std::net::SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_value: usize,
+    pub write_queue: usize,
+    pub max_in_flight: usize,
+    pub grace: Duration,
+    pub discovery: discovery::EtcdArgs,
+    pub metrics: svc_host::metrics::MetricsArgs,
+    pub runtime: svc_host::RuntimeArgs,
+    /// Values that did not parse (their fields keep the default).
+    unparsed: Vec<String>,
+}
+
 impl Args {
+    /// The command line and environment; `--help`, `--version` and unknown
+    /// flags are clap's. Bad values are kept for [`Args::problems`].
+    pub fn parse() -> Args {
+        Args::from_flags(Flags::parse())
+    }
+
+    pub fn parse_from<I, T>(args: I) -> Args
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Args::from_flags(Flags::parse_from(args))
+    }
+
+    pub fn from_flags(f: Flags) -> Args {
+        use svc_host::flags::{addr, count, duration, Parsed};
+        let mut p = Parsed::default();
+        Args {
+            bus: f.bus.unwrap_or_else(|| DEFAULT_BUS.into()),
+            events: f.events.unwrap_or_else(|| DEFAULT_EVENTS.into()),
+            admin: p.get(
+                "--admin",
+                f.admin.as_deref(),
+                DEFAULT_ADMIN.parse().expect("valid default"),
+                addr,
+            ),
+            data_dir: f.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            max_value: p.get(
+                "--max-value",
+                f.max_value.as_deref(),
+                DEFAULT_MAX_VALUE,
+                count,
+            ),
+            write_queue: p.get(
+                "--write-queue",
+                f.write_queue.as_deref(),
+                store::DEFAULT_WRITE_QUEUE,
+                count,
+            ),
+            max_in_flight: p.get(
+                "--max-in-flight",
+                f.max_in_flight.as_deref(),
+                bus::service::DEFAULT_MAX_IN_FLIGHT,
+                count,
+            ),
+            grace: p.get("--grace", f.grace.as_deref(), DEFAULT_GRACE, duration),
+            discovery: f.discovery,
+            metrics: f.metrics,
+            runtime: f.runtime,
+            unparsed: p.problems,
+        }
+    }
+
     /// Every problem with the arguments, not just the first.
     pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
+        let mut p = self.unparsed.clone();
         if let Err(e) = bus::check_endpoint(&self.bus) {
             p.push(format!("--bus: {e}"));
         }
         if let Err(e) = bus::check_endpoint(&self.events) {
             p.push(format!("--events: {e}"));
         }
-        if self.max_value == 0 {
-            p.push("--max-value: must be at least 1".into());
-        }
-        if self.write_queue == 0 {
-            p.push("--write-queue: must be at least 1".into());
-        }
-        if self.max_in_flight == 0 {
-            p.push("--max-in-flight: must be at least 1".into());
+        if let Err(e) = self.runtime.threads() {
+            p.push(e);
         }
         if let Err(e) = self.discovery.options() {
             p.extend(e);
@@ -101,6 +171,9 @@ impl Args {
         p
     }
 }
+
+#[cfg(test)]
+mod args_tests;
 
 /// What `run` bound, for the startup line and for tests.
 pub struct Bound<'a> {

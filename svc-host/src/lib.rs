@@ -16,6 +16,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod flags;
 pub mod metrics;
 pub mod process;
 pub mod signal;
@@ -24,14 +25,26 @@ pub use process::{Layout, Process, Shard};
 
 use std::time::Duration;
 
-/// Logs to stderr, filtered by `SWITCHBOARD_LOG` (default `info`).
+/// Logs to stderr, filtered by `SWITCHBOARD_LOG` (default `info`); colour
+/// only when stderr is a terminal and `NO_COLOR` is unset, so logs piped or
+/// written to a file carry no escape codes.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(use_colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .try_init();
+}
+
+/// Colour on a terminal unless `NO_COLOR` is set to anything non-empty
+/// (<https://no-color.org>).
+fn use_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && !matches!(no_color, Some(v) if !v.is_empty())
 }
 
 /// `--threads` for a service: how many threads its runtime has.
@@ -40,13 +53,28 @@ pub struct RuntimeArgs {
     /// Threads to run on; 1 runs everything on one thread (no work-stealing
     /// wake-ups: cheapest per request where the stack shares a few cores,
     /// as under scripts/up; add instances to scale) [default: one per core]
-    #[arg(long, env = "SWITCHBOARD_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
+    #[arg(long, env = "SWITCHBOARD_THREADS")]
+    pub threads: Option<String>,
 }
 
 impl RuntimeArgs {
+    /// `--threads` as a number (None: one per core), or the problem.
+    pub fn threads(&self) -> Result<Option<u16>, String> {
+        self.threads
+            .as_deref()
+            .map(|v| match v.trim().parse::<u16>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err(format!("--threads: `{v}` is not a number from 1 to 65535")),
+            })
+            .transpose()
+    }
+}
+
+impl RuntimeArgs {
+    /// The runtime layout `--threads` asks for (a bad value is one of the
+    /// process's problems, reported before this is used).
     pub fn layout(&self) -> Layout {
-        Layout::Shared(self.threads.map(usize::from))
+        Layout::Shared(self.threads().ok().flatten().map(usize::from))
     }
 }
 
@@ -66,4 +94,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h)")),
     };
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+    }
+
+    #[test]
+    fn threads_reports_its_problem() {
+        let t = |v: &str| {
+            RuntimeArgs {
+                threads: Some(v.into()),
+            }
+            .threads()
+        };
+        assert_eq!(RuntimeArgs::default().threads(), Ok(None));
+        assert_eq!(t("2"), Ok(Some(2)));
+        assert!(t("0").unwrap_err().starts_with("--threads: `0`"));
+        assert!(t("many").is_err());
+    }
 }

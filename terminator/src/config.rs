@@ -128,7 +128,8 @@ pub struct Args {
     /// HTTP listen address [default: 127.0.0.1:8000]
     #[arg(long, env = "SWITCHBOARD_HTTP")]
     pub http: Option<String>,
-    /// Admin listen address (/healthz, /readyz) [default: 127.0.0.1:8001]
+    /// Admin listen address (/healthz, /readyz, /stats, /stats/histograms)
+    /// [default: 127.0.0.1:8001]
     #[arg(long, env = "SWITCHBOARD_ADMIN")]
     pub admin: Option<String>,
     /// Route, repeatable: PREFIX=SERVICE@ENDPOINT[,ENDPOINT...][;TIMEOUT]
@@ -613,6 +614,17 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:#?}");
+    }
+
+    #[test]
+    fn admin_help_names_every_page() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        let admin = help.split("--admin").nth(1).unwrap_or_default();
+        let admin = admin.split("--route").next().unwrap_or_default();
+        for page in ["/healthz", "/readyz", "/stats", "/stats/histograms"] {
+            assert!(admin.contains(page), "{page} missing: {admin}");
+        }
     }
 
     #[test]

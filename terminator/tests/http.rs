@@ -2,7 +2,6 @@
 //! HTTP clients (hyper's client, curl, raw TCP), everything on port 0.
 
 use bytes::Bytes;
-use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -100,8 +99,20 @@ async fn stack_with(f: impl FnOnce(&mut Settings, &str)) -> Stack {
     terminator(s, &mut stops, true).await
 }
 
+/// Logs through libtest's capture: printed with a failing test's output,
+/// never into a passing run's (the binaries' own `init_tracing` writes
+/// straight to stderr, which libtest does not capture).
+fn init_test_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 async fn stack() -> Stack {
-    terminator::init_tracing();
+    init_test_tracing();
     stack_with(|_, _| {}).await
 }
 

@@ -2,7 +2,6 @@
 //! flight all complete with 200, /readyz says 503 meanwhile, exit code 0.
 
 use bytes::Bytes;
-use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -12,11 +11,18 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-struct Kill(std::process::Child);
+/// The child and its stderr log: killed on drop; the log is removed, or,
+/// when the test is failing, its tail joins the test's output.
+struct Kill(std::process::Child, std::path::PathBuf);
 impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if std::thread::panicking() {
+            testkit::print_log_tail("terminator", &self.1);
+        } else {
+            let _ = std::fs::remove_file(&self.1);
+        }
     }
 }
 
@@ -42,6 +48,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     ));
     let ep = ep_rx.await.unwrap();
 
+    let log = std::env::temp_dir().join(format!(
+        "switchboard-test-sigterm-{}.log",
+        std::process::id()
+    ));
     let mut child = Kill(
         Command::new(env!("CARGO_BIN_EXE_terminator"))
             .args([
@@ -55,8 +65,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
             .arg("--route")
             .arg(format!("/=aggregator@{ep}"))
             .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
+        log,
     );
     let mut line = String::new();
     BufReader::new(child.0.stdout.take().unwrap())

@@ -142,9 +142,15 @@ impl Etcd {
 }
 
 impl Drop for Etcd {
+    /// Kills etcd; its data and log go too, unless the test is failing
+    /// (then the log's tail joins the test's output and the files stay).
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            crate::print_log_tail("etcd", &self.dir.join("etcd.log"));
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

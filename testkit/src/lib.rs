@@ -28,19 +28,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// A workspace binary. The first call builds every binary of the workspace
-/// (a no-op when `cargo test --workspace` already did), so a test run of one
-/// package still finds the others.
+/// The binaries whole-stack tests start; [`bin`] builds them together.
+pub const STACK_BINS: [&str; 3] = ["terminator", "aggregator", "backend-svc"];
+
+/// A workspace binary. The first call builds the stack's binaries (a no-op
+/// when `cargo test --workspace` already did), so a test run of one package
+/// still finds the others; any other binary is built on its own.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "--workspace", "--bins", "--quiet"])
-            .status()
-            .expect("cannot run cargo");
-        assert!(st.success(), "cargo build --workspace --bins failed");
-    });
+    BUILT.get_or_init(|| cargo_build(&STACK_BINS));
+    if !STACK_BINS.contains(&name) {
+        cargo_build(&[name]);
+    }
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe
@@ -50,6 +49,51 @@ pub fn bin(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(p.exists(), "{} not built", p.display());
     p
+}
+
+/// `cargo build --bin ...` from inside a test. Usually a no-op; when it
+/// does build (`cargo test -p aggregator` on a fresh clone builds the
+/// terminator and backend-svc here, a minute or more on two cores), its
+/// `Compiling` lines go straight to the terminal, past libtest's capture,
+/// so the tests waiting for it do not look hung. Nothing is printed when
+/// there is nothing to build.
+fn cargo_build(names: &[&str]) {
+    use std::io::Write;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    // --workspace: under `cargo test` the current directory is the
+    // package's, whose default members lack the other packages' binaries.
+    cmd.args(["build", "--workspace", "--color", "never"]);
+    for n in names {
+        cmd.args(["--bin", n]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run cargo");
+    let mut said = false;
+    let mut all = String::new();
+    let stderr = child.stderr.take().expect("cargo stderr");
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let l = line.trim_start();
+        if l.starts_with("Compiling") || l.starts_with("Blocking") {
+            let mut err = std::io::stderr().lock();
+            if !said {
+                said = true;
+                let _ = writeln!(
+                    err,
+                    "testkit: building {} for the whole-stack tests (once; they wait for it)",
+                    names.join(", ")
+                );
+            }
+            let _ = writeln!(err, "testkit:   {l}");
+        }
+        all.push_str(&line);
+        all.push('\n');
+    }
+    let st = child.wait().expect("wait for cargo");
+    assert!(st.success(), "cargo build of {names:?} failed:\n{all}");
 }
 
 /// A running child process of the stack. Its first stdout line (the
@@ -168,10 +212,33 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Kills the process. Its log file goes too, unless the test is
+    /// failing: then the log's tail joins the test's captured output (which
+    /// libtest prints only for a failed test) and the file stays.
     fn drop(&mut self) {
         self.kill9();
-        let _ = std::fs::remove_file(&self.log);
+        if std::thread::panicking() {
+            print_log_tail(&self.name, &self.log);
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
+}
+
+/// The last lines of a child's log, into the running test's captured
+/// output (`eprintln!`, so libtest shows it only when the test fails).
+pub fn print_log_tail(name: &str, log: &Path) {
+    const LINES: usize = 60;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(LINES)..];
+    eprintln!(
+        "---- {name}: last {} of {} stderr lines ({}) ----\n{}",
+        tail.len(),
+        lines.len(),
+        log.display(),
+        tail.join("\n")
+    );
 }
 
 fn fastish_id() -> u64 {

@@ -1,5 +1,7 @@
 //! `scripts/up`, the README's run command: the stack it starts answers
-//! `/echo` and `/kv/...`, and SIGINT stops every process it started.
+//! `/echo` and `/kv/...`, and SIGINT stops every process it started; a
+//! taken port (the stack's or the dashboard's) fails at once, named, with
+//! the setting that moves it.
 //!
 //! It runs on free ports (`UP_PORT_BASE`) with the debug binaries cargo
 //! built for the tests (`SWITCHBOARD_BIN_DIR`), so it neither collides with
@@ -175,4 +177,59 @@ fn tempfile_dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("switchboard-up-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+#[test]
+fn a_taken_port_fails_at_once_naming_it_and_how_to_move_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let base = free_base();
+    let _taken = TcpListener::bind(("127.0.0.1", base + 101)).unwrap();
+    // No binaries and nothing to build: the check comes before either.
+    let out = Command::new("bash")
+        .arg(root.join("scripts/up"))
+        .env("UP_PORT_BASE", base.to_string())
+        .env("SWITCHBOARD_BIN_DIR", "/nonexistent")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/up");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{} (aggregator admin)", base + 101)),
+        "{err}"
+    );
+    assert!(err.contains("UP_PORT_BASE=N"), "{err}");
+}
+
+#[test]
+fn a_taken_dashboard_port_is_named_with_the_variable_that_moves_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let free = |n: usize| -> Vec<u16> {
+        let ls: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    };
+    let p = free(4);
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let query = taken.local_addr().unwrap().port();
+    let out = Command::new("bash")
+        .arg(root.join("scripts/dashboard"))
+        .arg("--ports")
+        .env("DASHBOARD_CARBON_PORT", p[0].to_string())
+        .env("DASHBOARD_WEB_PORT", p[1].to_string())
+        .env("DASHBOARD_STATSD_ADMIN", p[2].to_string())
+        .env("DASHBOARD_STATSD_PORT", p[3].to_string())
+        .env("DASHBOARD_CARBON_QUERY", query.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/dashboard --ports");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{query} (TCP, carbon-cache query)")),
+        "{err}"
+    );
+    assert!(err.contains("DASHBOARD_CARBON_QUERY=PORT"), "{err}");
+    assert_eq!(err.lines().count(), 2, "only the taken port: {err}");
 }

@@ -5,7 +5,6 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use clap::Parser;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;

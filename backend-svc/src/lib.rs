@@ -76,6 +76,9 @@ pub struct Flags {
 
     #[command(flatten)]
     pub runtime: svc_host::RuntimeArgs,
+
+    #[command(flatten)]
+    pub admin_token: svc_host::admin::TokenArgs,
 }
 
 /// backend-svc's settings, parsed from [`Flags`].
@@ -94,6 +97,8 @@ pub struct Args {
     pub runtime: svc_host::RuntimeArgs,
     /// Values that did not parse (their fields keep the default).
     unparsed: Vec<String>,
+    /// `--admin-token`: the admin pages but /healthz and /readyz need it.
+    pub admin_token: svc_host::admin::TokenArgs,
 }
 
 impl Args {
@@ -147,6 +152,7 @@ impl Args {
             metrics: f.metrics,
             runtime: f.runtime,
             unparsed: p.problems,
+            admin_token: f.admin_token,
         }
     }
 
@@ -164,6 +170,9 @@ impl Args {
         }
         if let Err(e) = self.discovery.options() {
             p.extend(e);
+        }
+        if let Err(e) = self.admin_token.token() {
+            p.push(e);
         }
         if let Err(e) = self.metrics.settings() {
             p.extend(e);
@@ -238,13 +247,14 @@ pub async fn run(
         discovery::Registrar::start(o, reg)
     });
     let draining = Arc::new(AtomicBool::new(false));
-    let admin_task = tokio::spawn(svc_host::admin::serve(
+    let admin_task = tokio::spawn(svc_host::admin::serve_with(
         admin,
         Arc::new(AdminPages {
             svc: svc.monitor(),
             store: store.clone(),
             draining: draining.clone(),
         }),
+        args.admin_token.token().ok().flatten(),
     ));
     shutdown.await;
     draining.store(true, Ordering::SeqCst);

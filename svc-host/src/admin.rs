@@ -7,14 +7,83 @@
 //! - `/stats/histograms`: every latency histogram, HDR V2 compressed,
 //!   base64, for merging across instances.
 //! - anything else the process's [`Admin::page`] knows.
+//!
+//! With `--admin-token FILE` ([`TokenArgs`]) every page but `/healthz` and
+//! `/readyz` (what orchestrators probe) needs `Authorization: Bearer
+//! TOKEN`, compared in constant time; without it the answer is 401 in the
+//! one error shape (`bus::Problem`). The port is bound to loopback by
+//! default; bound elsewhere without a token, the process warns at start.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+
+/// `--admin-token`, shared by every binary (`#[command(flatten)]`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TokenArgs {
+    /// File holding the bearer token that every admin page except /healthz
+    /// and /readyz requires (`Authorization: Bearer TOKEN`; surrounding
+    /// whitespace is ignored) [default: none: the pages are open]
+    #[arg(
+        long = "admin-token",
+        value_name = "FILE",
+        env = "SWITCHBOARD_ADMIN_TOKEN_FILE"
+    )]
+    pub admin_token: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token read from the file, None without the flag, or the problem
+    /// (naming the file).
+    pub fn token(&self) -> Result<Option<Token>, String> {
+        let Some(p) = &self.admin_token else {
+            return Ok(None);
+        };
+        let text = std::fs::read(p).map_err(|e| format!("--admin-token {}: {e}", p.display()))?;
+        let t = text.trim_ascii();
+        if t.is_empty() {
+            return Err(format!("--admin-token {}: the file is empty", p.display()));
+        }
+        if !t.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "--admin-token {}: the token must be printable ASCII without spaces",
+                p.display()
+            ));
+        }
+        Ok(Some(Token(t.into())))
+    }
+}
+
+/// The admin bearer token. Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(Arc<[u8]>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl Token {
+    /// Whether an `Authorization` header value carries this token
+    /// (`Bearer`, any case), compared in constant time.
+    pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(v) = authorization else {
+            return false;
+        };
+        if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
+            return false;
+        }
+        let given = v[7..].trim_ascii();
+        bool::from(given.ct_eq(&self.0))
+    }
+}
 
 /// A JSON page: status and body.
 pub type Page = (StatusCode, String);
@@ -29,8 +98,23 @@ pub trait Admin: Send + Sync + 'static {
     }
 }
 
-/// Serves the admin pages until the task is dropped or aborted.
+/// Serves the admin pages, open to all, until the task is dropped or
+/// aborted.
 pub async fn serve(listener: TcpListener, admin: Arc<dyn Admin>) {
+    serve_with(listener, admin, None).await
+}
+
+/// [`serve`], with every page but `/healthz` and `/readyz` behind `token`
+/// when there is one.
+pub async fn serve_with(listener: TcpListener, admin: Arc<dyn Admin>, token: Option<Token>) {
+    if let Ok(a) = listener.local_addr() {
+        if !a.ip().is_loopback() && token.is_none() {
+            tracing::warn!(
+                admin = %a,
+                "the admin port is reachable from other hosts and has no --admin-token: anyone who reaches it can read /stats"
+            );
+        }
+    }
     let mut backoff = crate::accept::Backoff::new("admin");
     loop {
         let stream = match listener.accept().await {
@@ -44,11 +128,24 @@ pub async fn serve(listener: TcpListener, admin: Arc<dyn Admin>) {
                 continue;
             }
         };
-        let admin = admin.clone();
+        let (admin, token) = (admin.clone(), token.clone());
         let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let (status, body) = route(&*admin, req.uri().path(), req.uri().query());
-            let mut r = Response::new(Full::new(Bytes::from(body)));
-            *r.status_mut() = status;
+            let path = req.uri().path();
+            let open = matches!(path, "/healthz" | "/readyz");
+            let auth = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            let r = match &token {
+                Some(t) if !open && !t.allows(auth) => unauthorized(&req),
+                _ => {
+                    let (status, body) = route(&*admin, path, req.uri().query());
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = status;
+                    r
+                }
+            };
+            let mut r = r;
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),
@@ -61,6 +158,34 @@ pub async fn serve(listener: TcpListener, admin: Arc<dyn Admin>) {
                 .await;
         });
     }
+}
+
+/// 401 in the one error shape, with the client's `x-request-id` when it
+/// sent a sane one.
+fn unauthorized<B>(req: &http::Request<B>) -> Response<Full<Bytes>> {
+    let rid = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:024x}", fastrand::u128(..) >> 32));
+    let body = bus::Problem::new(
+        401,
+        "unauthorized",
+        "this admin page needs `Authorization: Bearer TOKEN` (the --admin-token file)",
+    )
+    .body(&rid);
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"switchboard-admin\""),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&rid) {
+        r.headers_mut().insert("x-request-id", v);
+    }
+    r
 }
 
 fn route(admin: &dyn Admin, path: &str, query: Option<&str>) -> Page {
@@ -98,5 +223,37 @@ fn route(admin: &dyn Admin, path: &str, query: Option<&str>) -> Page {
         p => admin
             .page(p)
             .unwrap_or_else(|| (StatusCode::NOT_FOUND, "{\"error\":\"not_found\"}".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_from_file_and_bearer_check() {
+        let p = std::env::temp_dir().join(format!("sb-token-{}", std::process::id()));
+        std::fs::write(&p, "s3cret-token\n").unwrap();
+        let t = TokenArgs {
+            admin_token: Some(p.clone()),
+        }
+        .token()
+        .unwrap()
+        .unwrap();
+        assert!(t.allows(Some(b"Bearer s3cret-token")));
+        assert!(t.allows(Some(b"bearer s3cret-token")));
+        assert!(!t.allows(Some(b"Bearer s3cret-toke")));
+        assert!(!t.allows(Some(b"Basic s3cret-token")));
+        assert!(!t.allows(None));
+        assert_eq!(format!("{t:?}"), "Token(..)");
+        std::fs::write(&p, "  \n").unwrap();
+        let e = TokenArgs {
+            admin_token: Some(p.clone()),
+        }
+        .token()
+        .unwrap_err();
+        assert!(e.contains("empty") && e.contains("sb-token"), "{e}");
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(TokenArgs::default().token(), Ok(None));
     }
 }

@@ -84,6 +84,14 @@ pub struct Settings {
     /// the longest is closed for each new one. None: three quarters of the
     /// open-file limit (`server::default_max_connections`).
     pub max_connections: Option<usize>,
+    /// Certificate and key files (PEM), the first the default; empty:
+    /// no TLS. Checked to load when the settings are.
+    pub tls: Vec<crate::tls::CertFiles>,
+    /// A TLS listener beside the cleartext `http` one. None with `tls`
+    /// given: `http` itself serves TLS.
+    pub https: Option<SocketAddr>,
+    /// Bearer token for the admin pages other than /healthz and /readyz.
+    pub admin_token: Option<svc_host::admin::Token>,
 }
 
 impl Default for Settings {
@@ -114,6 +122,9 @@ impl Default for Settings {
                 .expect("defaults are valid"),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: None,
+            tls: Vec::new(),
+            https: None,
+            admin_token: None,
         }
     }
 }
@@ -184,6 +195,21 @@ pub struct Args {
     /// [default: three quarters of the open-file limit]
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
     pub max_connections: Option<String>,
+    /// Certificate chain (PEM, leaf first) to serve HTTPS with; repeatable,
+    /// one per --tls-key in the same order. The client's SNI name picks the
+    /// certificate valid for it; the first is the default. Reloaded when the
+    /// file changes and on SIGHUP [default: none: cleartext HTTP]
+    #[arg(long = "tls-cert", value_name = "FILE", env = "SWITCHBOARD_TLS_CERT")]
+    pub tls_cert: Vec<PathBuf>,
+    /// Private key (PEM: PKCS#8, RSA or EC) of the --tls-cert in the same position
+    #[arg(long = "tls-key", value_name = "FILE", env = "SWITCHBOARD_TLS_KEY")]
+    pub tls_key: Vec<PathBuf>,
+    /// Serve HTTPS on this address and keep --http cleartext; without it,
+    /// --tls-cert makes --http itself HTTPS [default: none]
+    #[arg(long, env = "SWITCHBOARD_HTTPS")]
+    pub https: Option<String>,
+    #[command(flatten)]
+    pub admin_token: svc_host::admin::TokenArgs,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +231,12 @@ struct File {
     route: Vec<Route>,
     idle_timeout: Option<String>,
     max_connections: Option<usize>,
+    #[serde(default)]
+    tls_cert: Vec<PathBuf>,
+    #[serde(default)]
+    tls_key: Vec<PathBuf>,
+    https: Option<String>,
+    admin_token: Option<PathBuf>,
 }
 
 /// Parses `250ms`, `5s`, `2m`, `1h`.
@@ -478,6 +510,47 @@ impl Settings {
             &mut errors,
         );
         s.max_connections = (max_connections > 0).then_some(max_connections);
+        let (certs, keys) = if args.tls_cert.is_empty() && args.tls_key.is_empty() {
+            (file.tls_cert, file.tls_key)
+        } else {
+            (args.tls_cert, args.tls_key)
+        };
+        if certs.len() != keys.len() {
+            errors.push(format!(
+                "tls_cert/tls_key: {} certificate(s) but {} key(s): give one --tls-key per --tls-cert, in the same order",
+                certs.len(),
+                keys.len()
+            ));
+        } else {
+            s.tls = certs
+                .into_iter()
+                .zip(keys)
+                .map(|(cert, key)| crate::tls::CertFiles { cert, key })
+                .collect();
+            if let Err(e) = crate::tls::load_all(&s.tls) {
+                errors.extend(e.into_iter().map(|e| format!("tls: {e}")));
+            }
+        }
+        let mut https = None;
+        pick(
+            "https",
+            args.https,
+            file.https,
+            |v| addr(v).map(Some),
+            &mut https,
+            &mut errors,
+        );
+        if https.is_some() && s.tls.is_empty() {
+            errors.push("https: needs --tls-cert and --tls-key".into());
+        }
+        s.https = https;
+        let token_args = svc_host::admin::TokenArgs {
+            admin_token: args.admin_token.admin_token.or(file.admin_token),
+        };
+        match token_args.token() {
+            Ok(t) => s.admin_token = t,
+            Err(e) => errors.push(e),
+        }
         if errors.is_empty() {
             Ok(s)
         } else {

@@ -15,9 +15,17 @@
 //!   at once, as hyper's graceful shutdown does, resets it); HTTP/2 gets
 //!   GOAWAY at once and finishes its streams.
 //!
+//! - **TLS** (`--tls-cert`): the handshake runs on the connection's own
+//!   task (the accept loop never waits for it) and must finish within the
+//!   idle timeout from accept, so a client that connects and says nothing,
+//!   or trickles its handshake, is cut as a silent cleartext one is. A
+//!   connection over the cap on a TLS listener is closed without a 503
+//!   (the client could not read one before a handshake).
+//!
 //! Activity is seen by wrapping the socket ([`Watched`]): every read or
 //! write that moves bytes stamps the connection, and the service counts
-//! the requests in progress.
+//! the requests in progress. Under TLS the wrapper sits below rustls, so
+//! handshake and record bytes count.
 
 use crate::metrics::EdgeMetrics;
 use crate::proxy::{self, Edge};
@@ -182,15 +190,30 @@ pub struct ShardConns {
     /// Held by every connection task: the receiver sees the channel close
     /// when the last one ends.
     pub done: mpsc::Sender<()>,
+    /// What [`ShardConns::admit_tls`] handshakes with; None without TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl ShardConns {
-    /// Serves `stream` on its own task, or refuses it at the cap when no
-    /// connection is idle.
+    /// Serves `stream` (cleartext) on its own task, or refuses it at the
+    /// cap when no connection is idle.
     pub fn admit(&self, stream: TcpStream) {
+        self.admit_with(stream, None)
+    }
+
+    /// Serves `stream` over TLS: the handshake, then HTTP, on its own task.
+    pub fn admit_tls(&self, stream: TcpStream) {
+        let tls = self.tls.clone();
+        debug_assert!(tls.is_some(), "admit_tls without a TLS acceptor");
+        self.admit_with(stream, tls)
+    }
+
+    fn admit_with(&self, stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
         if self.table.len() >= self.max && !self.table.evict_oldest_idle() {
-            tracing::debug!("connection cap reached and none idle: 503");
-            refuse(stream);
+            tracing::debug!("connection cap reached and none idle: refused");
+            if tls.is_none() {
+                refuse(stream);
+            }
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -215,70 +238,201 @@ impl ShardConns {
                 Ok::<_, Infallible>(res)
             }
         });
-        let io = TokioIo::new(Watched {
+        let watched = Watched {
             io: stream,
             st: st.clone(),
-        });
-        let conn = self.builder.serve_connection(io, svc).into_owned();
+        };
         let (table, mut phase, done) = (
             self.table.clone(),
             self.phase.subscribe(),
             self.done.clone(),
         );
         let idle_timeout = self.idle_timeout;
+        let builder = self.builder.clone();
         tokio::spawn(async move {
-            tokio::pin!(conn);
-            // When the connection was asked to close (graceful_shutdown).
-            let mut closing: Option<tokio::time::Instant> = None;
-            loop {
-                let p = *phase.borrow_and_update();
-                if p == Phase::Abort {
-                    break;
-                }
-                let now = tokio::time::Instant::now();
-                let limit = match p {
-                    Phase::Draining => idle_timeout.min(DRAIN_IDLE),
-                    _ => idle_timeout,
-                };
-                let idle = st.idle_ms();
-                if closing.is_none()
-                    && (st.evicted.load(Ordering::Relaxed)
-                        || idle.is_some_and(|ms| ms >= limit.as_millis() as u64)
-                        || (p == Phase::Draining && st.h2.load(Ordering::Relaxed)))
-                {
-                    // HTTP/1 idle: closes now. HTTP/1 busy: closes after the
-                    // response (which says `connection: close`). HTTP/2:
-                    // GOAWAY, then closes when its streams are done. Nothing
-                    // read yet: closes now.
-                    conn.as_mut().graceful_shutdown();
-                    closing = Some(now);
-                }
-                let wake = match (closing, idle) {
-                    // A peer that holds up a graceful close (an HTTP/2
-                    // client that never answers the GOAWAY ping) is cut
-                    // once idle for another idle timeout.
-                    (Some(t), Some(_)) if now >= t + idle_timeout => break,
-                    (Some(t), _) if now < t + idle_timeout => t + idle_timeout,
-                    (Some(_), _) => now + limit,
-                    (None, Some(ms)) => now + limit.saturating_sub(Duration::from_millis(ms)),
-                    (None, None) => now + limit,
-                };
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, "connection ended with error");
-                        }
-                        break;
-                    }
-                    r = phase.changed() => if r.is_err() { break },
-                    _ = st.close.notified() => {}
-                    _ = tokio::time::sleep_until(wake) => {}
-                }
+            let io = match tls {
+                None => Some(Io::Plain(watched)),
+                Some(acceptor) => handshake(&acceptor, watched, &st, &mut phase, idle_timeout)
+                    .await
+                    .map(|s| Io::Tls(Box::new(s))),
+            };
+            if let Some(io) = io {
+                serve(&builder, io, svc, &st, &mut phase, idle_timeout).await;
             }
             table.remove(id);
             drop(open);
             drop(done);
         });
+    }
+}
+
+/// The TLS handshake of one connection, bounded by the idle timeout from
+/// accept; cut early when the connection is evicted or the drain aborts.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    io: Watched,
+    st: &ConnState,
+    phase: &mut watch::Receiver<Phase>,
+    limit: Duration,
+) -> Option<tokio_rustls::server::TlsStream<Watched>> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let hs = acceptor.accept(io);
+    tokio::pin!(hs);
+    loop {
+        tokio::select! {
+            r = &mut hs => {
+                return match r {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "tls handshake failed");
+                        None
+                    }
+                };
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::debug!("tls handshake not done within the idle timeout");
+                return None;
+            }
+            _ = st.close.notified() => if st.evicted.load(Ordering::Relaxed) {
+                return None;
+            },
+            r = phase.changed() => if r.is_err() || *phase.borrow_and_update() == Phase::Abort {
+                return None;
+            },
+        }
+    }
+}
+
+/// One connection's HTTP, from its first byte (after any handshake) to
+/// close: the idle timeout, eviction and the drain as the module says.
+async fn serve<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: Io,
+    svc: S,
+    st: &ConnState,
+    phase: &mut watch::Receiver<Phase>,
+    idle_timeout: Duration,
+) where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    // When the connection was asked to close (graceful_shutdown).
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        let p = *phase.borrow_and_update();
+        if p == Phase::Abort {
+            break;
+        }
+        let now = tokio::time::Instant::now();
+        let limit = match p {
+            Phase::Draining => idle_timeout.min(DRAIN_IDLE),
+            _ => idle_timeout,
+        };
+        let idle = st.idle_ms();
+        if closing.is_none()
+            && (st.evicted.load(Ordering::Relaxed)
+                || idle.is_some_and(|ms| ms >= limit.as_millis() as u64)
+                || (p == Phase::Draining && st.h2.load(Ordering::Relaxed)))
+        {
+            // HTTP/1 idle: closes now. HTTP/1 busy: closes after the
+            // response (which says `connection: close`). HTTP/2:
+            // GOAWAY, then closes when its streams are done. Nothing
+            // read yet: closes now.
+            conn.as_mut().graceful_shutdown();
+            closing = Some(now);
+        }
+        let wake = match (closing, idle) {
+            // A peer that holds up a graceful close (an HTTP/2
+            // client that never answers the GOAWAY ping) is cut
+            // once idle for another idle timeout.
+            (Some(t), Some(_)) if now >= t + idle_timeout => break,
+            (Some(t), _) if now < t + idle_timeout => t + idle_timeout,
+            (Some(_), _) => now + limit,
+            (None, Some(ms)) => now + limit.saturating_sub(Duration::from_millis(ms)),
+            (None, None) => now + limit,
+        };
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with error");
+                }
+                break;
+            }
+            r = phase.changed() => if r.is_err() { break },
+            _ = st.close.notified() => {}
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+/// The socket a connection's HTTP runs on: cleartext, or TLS above it.
+enum Io {
+    Plain(Watched),
+    Tls(Box<tokio_rustls::server::TlsStream<Watched>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -14,7 +14,8 @@
 //! - [`metrics`]: counters and latency histograms per route and class.
 //! - [`request_id`]: accept or generate `x-request-id`.
 //! - [`conn`]: one HTTP connection from accept to close: idle timeout,
-//!   the connection cap, what a drain does to it.
+//!   the connection cap, what a drain does to it, the TLS handshake.
+//! - [`tls`]: certificates (SNI, reload on change and SIGHUP), rustls.
 //! - [`server`]: accept loops, admin endpoints, graceful drain; a process
 //!   is one or more shards (`server::serve`): one single-threaded shard
 //!   per core by default (`--runtime per-core`), so a request never leaves
@@ -34,10 +35,12 @@ pub mod request_id;
 pub mod rescue;
 pub mod routes;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 use clap::Parser;
 use std::process::ExitCode;
+use std::sync::Arc;
 use svc_host::{Layout, Process};
 
 pub use server::run;
@@ -65,12 +68,44 @@ pub fn main() -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
+    let https = match settings.https.map(|a| process.bind(a, "https")).transpose() {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let mut shared = server::Shared::new(&settings);
+    if !settings.tls.is_empty() {
+        // Checked with the other settings; read again here (a file
+        // replaced in between is reported the same way).
+        let tls = match tls::Tls::load(&settings.tls) {
+            Ok(t) => Arc::new(t),
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("terminator: tls: {p}");
+                }
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(e) = tls.clone().watch() {
+            eprintln!("terminator: cannot watch the certificates for changes: {e}");
+            return ExitCode::FAILURE;
+        }
+        shared.tls = Some(tls);
+    }
     // The one machine-readable line through which scripts and tests using
     // port 0 learn the real ports.
     let addr =
         |l: &std::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let scheme = if shared.tls.is_some() && https.is_none() {
+        "https"
+    } else {
+        "http"
+    };
+    let https_field = https
+        .as_ref()
+        .map(|l| format!(" https=https://{}", addr(l)))
+        .unwrap_or_default();
     println!(
-        "terminator listening http=http://{} admin=http://{}",
+        "terminator listening http={scheme}://{}{https_field} admin=http://{}",
         addr(&http),
         addr(&admin)
     );
@@ -78,14 +113,18 @@ pub fn main() -> ExitCode {
         config::RuntimeKind::PerCore => Layout::PerCore(settings.threads),
         config::RuntimeKind::Shared => Layout::Shared(Some(settings.threads)),
     };
-    let shared = server::Shared::new(&settings);
     process.run(layout, admin, move |shard| {
         let (settings, shared) = (settings.clone(), shared.clone());
         let http = http.try_clone();
+        let https = https.as_ref().map(|l| l.try_clone());
         async move {
             let http = tokio::net::TcpListener::from_std(http?)?;
+            let https = match https {
+                Some(l) => Some(tokio::net::TcpListener::from_std(l?)?),
+                None => None,
+            };
             let shutdown = shard.shutdown();
-            server::serve(settings, http, shard.admin, shared, shutdown)
+            server::serve_listeners(settings, http, https, shard.admin, shared, shutdown)
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))
         }

@@ -38,6 +38,8 @@ pub struct Shared {
     pub shards: Arc<parking_lot::Mutex<Vec<Arc<Routes>>>>,
     /// Every open HTTP connection of the process, for `--max-connections`.
     pub conns: Arc<ConnTable>,
+    /// The TLS configuration (`--tls-cert`), shared and reloaded in place.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Shared {
@@ -49,6 +51,7 @@ impl Shared {
             draining: Default::default(),
             shards: Default::default(),
             conns: Default::default(),
+            tls: None,
         }
     }
 }
@@ -77,6 +80,21 @@ pub async fn serve(
     shared: Shared,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    serve_listeners(settings, http, None, admin, shared, shutdown).await
+}
+
+/// [`serve`] with TLS as `shared.tls` says: on `https` when given (and
+/// `http` stays cleartext), else on `http` itself.
+pub async fn serve_listeners(
+    settings: Settings,
+    http: TcpListener,
+    https: Option<TcpListener>,
+    admin: Option<TcpListener>,
+    shared: Shared,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let http_tls = shared.tls.is_some() && https.is_none();
+    let https = https.filter(|_| shared.tls.is_some());
     let primary = admin.is_some();
     let metrics = shared.metrics.clone();
     let routes = Arc::new(Routes::build(
@@ -114,13 +132,14 @@ pub async fn serve(
     let admin_task = admin.map(|admin| {
         // Reported once per process: the shards share these numbers.
         telemetry::register(&edge);
-        tokio::spawn(svc_host::admin::serve(
+        tokio::spawn(svc_host::admin::serve_with(
             admin,
             Arc::new(AdminPages {
                 edge: edge.clone(),
                 draining: draining.clone(),
                 shards: shared.shards.clone(),
             }),
+            settings.admin_token.clone(),
         ))
     });
 
@@ -148,54 +167,75 @@ pub async fn serve(
         idle_timeout: settings.idle_timeout,
         phase: tokio::sync::watch::channel(Phase::Serving).0,
         done,
+        tls: shared.tls.as_ref().map(|t| t.acceptor()),
     };
     let mut backoff = svc_host::accept::Backoff::new("http");
     // One descriptor held back: out of descriptors, it is closed to accept
     // (and answer 503 to) a connection waiting in the kernel's queue.
     let mut spare = open_spare();
     tokio::pin!(shutdown);
+    // The listeners, each with whether it speaks TLS.
+    let listeners: Vec<(&TcpListener, bool)> = std::iter::once((&http, http_tls))
+        .chain(https.as_ref().map(|l| (l, true)))
+        .collect();
+    let admit = |s, tls: bool| {
+        if tls {
+            shard.admit_tls(s)
+        } else {
+            shard.admit(s)
+        }
+    };
     loop {
-        tokio::select! {
+        let (accepted, (from, tls)) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = http.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    backoff.ok();
-                    shard.admit(stream);
+            a = http.accept() => (a, listeners[0]),
+            a = accept_on(https.as_ref()) => (a, listeners[listeners.len() - 1]),
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                backoff.ok();
+                admit(stream, tls);
+            }
+            Err(e) => {
+                if draining.load(Ordering::SeqCst) || e.raw_os_error() == Some(libc::EINVAL) {
+                    break; // another shard stopped the shared listener
                 }
-                Err(e) => {
-                    if draining.load(Ordering::SeqCst) || e.raw_os_error() == Some(libc::EINVAL) {
-                        break; // another shard stopped the shared listener
-                    }
-                    if svc_host::accept::out_of_descriptors(&e) && !shard.table.evict_oldest_idle() {
-                        // Nothing idle to close: shed the oldest waiting
-                        // connection with a 503 rather than leave the
-                        // queue full of clients that time out.
-                        if let Some(f) = spare.take() {
-                            drop(f);
-                            if let Some(s) = accept_now(&http) {
+                if svc_host::accept::out_of_descriptors(&e) && !shard.table.evict_oldest_idle() {
+                    // Nothing idle to close: shed the oldest waiting
+                    // connection with a 503 (cleartext; a TLS client is
+                    // just closed) rather than leave the queue full of
+                    // clients that time out.
+                    if let Some(f) = spare.take() {
+                        drop(f);
+                        if let Some(s) = accept_now(from) {
+                            if !tls {
                                 refuse(s);
                             }
-                            spare = open_spare();
                         }
+                        spare = open_spare();
                     }
-                    let wait = backoff.failed(&e);
-                    tokio::select! {
-                        _ = &mut shutdown => break,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
+                }
+                let wait = backoff.failed(&e);
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         }
     }
-    // What already reached the listener's queue is served; then the
-    // listener stops (for every shard: they share it), so a client told
+    // What already reached the listeners' queues is served; then the
+    // listeners stop (for every shard: they share them), so a client told
     // `connection: close` below reconnects to a refusal rather than into a
     // queue nobody reads. Only then does the drain start.
-    while let Some(s) = accept_now(&http) {
-        shard.admit(s);
+    for &(l, tls) in &listeners {
+        while let Some(s) = accept_now(l) {
+            admit(s, tls);
+        }
+        stop_listening(l);
     }
-    stop_listening(&http);
+    drop(listeners);
     drop(http);
+    drop(https);
     drop(spare);
     draining.store(true, Ordering::SeqCst);
     let drain_ends = tokio::time::Instant::now() + settings.grace;
@@ -229,6 +269,16 @@ pub async fn serve(
         t.abort();
     }
     Ok(())
+}
+
+/// The next connection on `l`; never, without one.
+async fn accept_on(
+    l: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 struct AdminPages {

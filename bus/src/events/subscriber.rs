@@ -50,6 +50,20 @@ impl Subscriber {
     where
         F: FnMut(Event) + Send + 'static,
     {
+        Subscriber::connect_with(endpoints, topics, &Tuning::default(), on_event)
+    }
+
+    /// As [`connect`](Self::connect), with connection settings (under
+    /// CURVE, `server_key` is the publisher's key).
+    pub fn connect_with<F>(
+        endpoints: &[String],
+        topics: &[&str],
+        tuning: &Tuning,
+        on_event: F,
+    ) -> Result<Subscriber, SetupError>
+    where
+        F: FnMut(Event) + Send + 'static,
+    {
         for ep in endpoints {
             tuning::check_endpoint(ep)?;
         }
@@ -63,7 +77,7 @@ impl Subscriber {
                 received: AtomicU64::new(0),
                 malformed: AtomicU64::new(0),
                 topics: subs,
-                tuning: Tuning::default(),
+                tuning: tuning.clone(),
                 on_event: Mutex::new(Box::new(on_event)),
             }),
             links: Mutex::new(HashMap::new()),
@@ -123,10 +137,12 @@ impl Drop for Subscriber {
 }
 
 async fn link(ep: Endpoint, sh: Arc<SubShared>) {
-    let settings = sh.tuning.settings();
     let mut delay = sh.tuning.reconnect_ivl;
     loop {
         let attempt = async {
+            let settings = sh.tuning.settings_for(None).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+            })?;
             let stream = Stream::connect(&ep).await?;
             connection::establish(stream, SocketType::Sub, false, &settings).await
         };

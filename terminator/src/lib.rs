@@ -78,6 +78,7 @@ pub fn main() -> ExitCode {
         config::RuntimeKind::PerCore => Layout::PerCore(settings.threads),
         config::RuntimeKind::Shared => Layout::Shared(Some(settings.threads)),
     };
+    settings.bus_security.log("terminator");
     let shared = server::Shared::new(&settings);
     process.run(layout, admin, move |shard| {
         let (settings, shared) = (settings.clone(), shared.clone());

@@ -3,6 +3,7 @@
 //! callback.
 
 use super::HEARTBEAT_TOPIC;
+use crate::curve::PublicKey;
 use crate::error::SetupError;
 use crate::tuning::{self, Tuning};
 use crate::wire::{self, Event, Message};
@@ -36,6 +37,8 @@ struct SubShared {
     topics: Vec<Bytes>,
     tuning: Tuning,
     on_event: Mutex<Callback>,
+    /// CURVE keys from the publishers' registrations, by endpoint.
+    registered_keys: parking_lot::RwLock<HashMap<String, PublicKey>>,
 }
 
 impl Subscriber {
@@ -79,6 +82,7 @@ impl Subscriber {
                 topics: subs,
                 tuning: tuning.clone(),
                 on_event: Mutex::new(Box::new(on_event)),
+                registered_keys: Default::default(),
             }),
             links: Mutex::new(HashMap::new()),
             runtime,
@@ -102,11 +106,32 @@ impl Subscriber {
             keep
         });
         for (name, ep) in parsed {
-            links
-                .entry(name)
-                .or_insert_with(|| self.runtime.spawn(link(ep, self.shared.clone())));
+            links.entry(name).or_insert_with_key(|name| {
+                self.runtime
+                    .spawn(link(name.clone(), ep, self.shared.clone()))
+            });
         }
         Ok(())
+    }
+
+    /// As [`set_endpoints`](Self::set_endpoints), with each publisher's
+    /// registered CURVE key (`None`: not registered); see
+    /// [`Client::set_endpoints_with_keys`](crate::Client::set_endpoints_with_keys).
+    pub fn set_endpoints_with_keys(
+        &self,
+        endpoints: &[(String, Option<PublicKey>)],
+    ) -> Result<(), SetupError> {
+        {
+            let mut keys = self.shared.registered_keys.write();
+            keys.clear();
+            keys.extend(
+                endpoints
+                    .iter()
+                    .filter_map(|(e, k)| Some((e.clone(), (*k)?))),
+            );
+        }
+        let eps: Vec<String> = endpoints.iter().map(|(e, _)| e.clone()).collect();
+        self.set_endpoints(&eps)
     }
 
     /// Time since anything (event or heartbeat) was heard; `None` if never.
@@ -136,11 +161,12 @@ impl Drop for Subscriber {
     }
 }
 
-async fn link(ep: Endpoint, sh: Arc<SubShared>) {
+async fn link(name: String, ep: Endpoint, sh: Arc<SubShared>) {
     let mut delay = sh.tuning.reconnect_ivl;
     loop {
         let attempt = async {
-            let settings = sh.tuning.settings_for(None).map_err(|e| {
+            let registered = sh.registered_keys.read().get(&name).copied();
+            let settings = sh.tuning.settings_for(registered).map_err(|e| {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
             })?;
             let stream = Stream::connect(&ep).await?;

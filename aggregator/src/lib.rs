@@ -278,7 +278,7 @@ pub async fn run(
 ) -> Result<(), bus::SetupError> {
     let app = Arc::new(App::new(&args)?);
     let security = args.security.settings().unwrap_or_default();
-    security.log("aggregator");
+    security.log("aggregator", true);
     let mut opts = ServiceOptions::new("aggregator", args.bus.clone());
     opts.max_in_flight = args.max_in_flight;
     opts.tuning.mechanism = security.server();

@@ -200,7 +200,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // Checked by `problems` before `run`; a test that skips it gets NULL.
     let security = args.security.settings().unwrap_or_default();
-    security.log("backend-svc");
+    security.log("backend-svc", true);
     let tuning = bus::Tuning {
         mechanism: security.server(),
         ..bus::Tuning::default()

@@ -142,10 +142,14 @@ impl BusSecurity {
         }
     }
 
-    /// One startup line saying what the bus runs with.
-    pub fn log(&self, process: &str) {
+    /// One startup line saying what the bus runs with; `serves`: the
+    /// process binds a service (callers only have nothing to authorise).
+    pub fn log(&self, process: &str, serves: bool) {
         match self {
             BusSecurity::Off => {}
+            BusSecurity::Curve { keys, .. } if !serves => {
+                tracing::info!(process, public_key = %keys.public, "bus security: CURVE")
+            }
             BusSecurity::Curve {
                 keys, authorized, ..
             } => match authorized {

@@ -78,7 +78,7 @@ pub fn main() -> ExitCode {
         config::RuntimeKind::PerCore => Layout::PerCore(settings.threads),
         config::RuntimeKind::Shared => Layout::Shared(Some(settings.threads)),
     };
-    settings.bus_security.log("terminator");
+    settings.bus_security.log("terminator", false);
     let shared = server::Shared::new(&settings);
     process.run(layout, admin, move |shard| {
         let (settings, shared) = (settings.clone(), shared.clone());

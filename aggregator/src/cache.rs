@@ -97,6 +97,7 @@ impl Cache {
     /// Subscribes to `kv.changed` on the backend's event endpoints.
     pub fn new(
         event_endpoints: &[String],
+        tuning: &bus::Tuning,
         ttl: Duration,
         max_entries: usize,
     ) -> Result<Cache, bus::SetupError> {
@@ -109,7 +110,8 @@ impl Cache {
             invalidations: AtomicU64::new(0),
         });
         let i = inner.clone();
-        let events = Subscriber::connect(event_endpoints, &[kv_proto::CHANGED_TOPIC], move |ev| {
+        let topics = [kv_proto::CHANGED_TOPIC];
+        let events = Subscriber::connect_with(event_endpoints, &topics, tuning, move |ev| {
             match serde_json::from_slice::<serde_json::Value>(&ev.body)
                 .ok()
                 .and_then(|v| v.get("key")?.as_str().map(str::to_owned))
@@ -200,7 +202,11 @@ impl Cache {
         })
     }
 
-    pub fn set_event_endpoints(&self, eps: &[String]) -> Result<(), bus::SetupError> {
-        self.events.set_endpoints(eps)
+    /// The publishers, each with its registered CURVE key if any.
+    pub fn set_event_endpoints(
+        &self,
+        eps: &[(String, Option<bus::curve::PublicKey>)],
+    ) -> Result<(), bus::SetupError> {
+        self.events.set_endpoints_with_keys(eps)
     }
 }

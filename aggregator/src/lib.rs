@@ -77,6 +77,9 @@ pub struct Flags {
     pub metrics: svc_host::metrics::MetricsArgs,
 
     #[command(flatten)]
+    pub security: svc_host::security::SecurityArgs,
+
+    #[command(flatten)]
     pub runtime: svc_host::RuntimeArgs,
 
     #[command(flatten)]
@@ -98,6 +101,7 @@ pub struct Args {
     pub grace: Duration,
     pub discovery: discovery::EtcdArgs,
     pub metrics: svc_host::metrics::MetricsArgs,
+    pub security: svc_host::security::SecurityArgs,
     pub runtime: svc_host::RuntimeArgs,
     /// Values that did not parse (their fields keep the default).
     unparsed: Vec<String>,
@@ -162,6 +166,7 @@ impl Args {
             grace: p.get("--grace", f.grace.as_deref(), DEFAULT_GRACE, duration),
             discovery: f.discovery,
             metrics: f.metrics,
+            security: f.security,
             runtime: f.runtime,
             unparsed: p.problems,
             admin_token: f.admin_token,
@@ -196,12 +201,22 @@ impl Args {
         if let Err(e) = self.metrics.settings() {
             p.extend(e);
         }
+        if let Err(e) = self.security.settings() {
+            p.extend(e);
+        }
         p
     }
 }
 
 #[cfg(test)]
 mod args_tests;
+
+fn opts_tuning(mechanism: bus::Mechanism) -> bus::Tuning {
+    bus::Tuning {
+        mechanism,
+        ..bus::Tuning::default()
+    }
+}
 
 /// The aggregator's state, shared by every request.
 pub struct App {
@@ -210,12 +225,16 @@ pub struct App {
 
 impl App {
     pub fn new(args: &Args) -> Result<App, bus::SetupError> {
+        // Checked by `problems` before `run`; a test that skips it gets NULL.
+        let security = args.security.settings().unwrap_or_default();
         let mut opts = ClientOptions::new(kv_proto::SERVICE);
         opts.endpoints = args.backend.clone();
+        opts.tuning.mechanism = security.client();
         let client = Arc::new(Client::connect(opts)?);
         let cache = if args.cache {
             Some(cache::Cache::new(
                 &args.backend_events,
+                &opts_tuning(security.client()),
                 args.cache_ttl,
                 args.cache_entries,
             )?)
@@ -267,8 +286,11 @@ pub async fn run(
     on_bound: impl FnOnce(&str),
 ) -> Result<(), bus::SetupError> {
     let app = Arc::new(App::new(&args)?);
+    let security = args.security.settings().unwrap_or_default();
+    security.log("aggregator", true);
     let mut opts = ServiceOptions::new("aggregator", args.bus.clone());
     opts.max_in_flight = args.max_in_flight;
+    opts.tuning.mechanism = security.server();
     let a = app.clone();
     let svc = Service::bind(opts, move |req, deadline| {
         let a = a.clone();
@@ -292,6 +314,7 @@ pub async fn run(
             version: env!("CARGO_PKG_VERSION").into(),
             started_at: discovery::registration::now_unix(),
             draining: false,
+            curve_key: security.public_key(),
         };
         discovery::Registrar::start(o, reg)
     });
@@ -334,25 +357,39 @@ fn watch_backend(o: discovery::EtcdOptions, app: Arc<App>, args: &Args) -> disco
             .any(|i| i.endpoint() == r.bus && i.is_connected())
     };
     discovery::Watcher::start_with_liveness(o, prefix, live, move |snap| {
-        let (bus, events): (Vec<String>, Vec<String>) = if snap.is_empty() {
-            (static_bus.clone(), static_events.clone())
+        // With each endpoint, the instance's registered CURVE key, if any
+        // (its events come from the same process, under the same key).
+        type Keyed = Vec<(String, Option<bus::curve::PublicKey>)>;
+        let key = |ep: &str, r: &discovery::Registration| {
+            svc_host::security::registered_key(ep, r.curve_key.as_deref())
+        };
+        let (bus_keyed, events_keyed): (Keyed, Keyed) = if snap.is_empty() {
+            (
+                static_bus.iter().map(|e| (e.clone(), None)).collect(),
+                static_events.iter().map(|e| (e.clone(), None)).collect(),
+            )
         } else {
             (
-                snap.values().map(|r| r.bus.clone()).collect(),
-                snap.values().filter_map(|r| r.events.clone()).collect(),
+                snap.values()
+                    .map(|r| (r.bus.clone(), key(&r.bus, r)))
+                    .collect(),
+                snap.values()
+                    .filter_map(|r| r.events.as_ref().map(|e| (e.clone(), key(e, r))))
+                    .collect(),
             )
         };
+        let bus: Vec<String> = bus_keyed.iter().map(|(e, _)| e.clone()).collect();
         tracing::info!(instances = snap.len(), endpoints = ?bus, "backend instances changed");
-        if let Err(e) = app.kv.client.set_endpoints(&bus) {
+        if let Err(e) = app.kv.client.set_endpoints_with_keys(&bus_keyed) {
             tracing::warn!(error = %e, "a registered backend endpoint is unusable; ignored");
-            let good: Vec<&String> = bus
-                .iter()
-                .filter(|e| bus::check_endpoint(e).is_ok())
+            let good: Keyed = bus_keyed
+                .into_iter()
+                .filter(|(e, _)| bus::check_endpoint(e).is_ok())
                 .collect();
-            let _ = app.kv.client.set_endpoints(&good);
+            let _ = app.kv.client.set_endpoints_with_keys(&good);
         }
         if let Some(c) = &app.kv.cache {
-            if let Err(e) = c.set_event_endpoints(&events) {
+            if let Err(e) = c.set_event_endpoints(&events_keyed) {
                 tracing::warn!(error = %e, "a registered events endpoint is unusable");
             }
         }

@@ -75,6 +75,9 @@ pub struct Flags {
     pub metrics: svc_host::metrics::MetricsArgs,
 
     #[command(flatten)]
+    pub security: svc_host::security::SecurityArgs,
+
+    #[command(flatten)]
     pub runtime: svc_host::RuntimeArgs,
 
     #[command(flatten)]
@@ -94,6 +97,7 @@ pub struct Args {
     pub grace: Duration,
     pub discovery: discovery::EtcdArgs,
     pub metrics: svc_host::metrics::MetricsArgs,
+    pub security: svc_host::security::SecurityArgs,
     pub runtime: svc_host::RuntimeArgs,
     /// Values that did not parse (their fields keep the default).
     unparsed: Vec<String>,
@@ -150,6 +154,7 @@ impl Args {
             grace: p.get("--grace", f.grace.as_deref(), DEFAULT_GRACE, duration),
             discovery: f.discovery,
             metrics: f.metrics,
+            security: f.security,
             runtime: f.runtime,
             unparsed: p.problems,
             admin_token: f.admin_token,
@@ -177,6 +182,9 @@ impl Args {
         if let Err(e) = self.metrics.settings() {
             p.extend(e);
         }
+        if let Err(e) = self.security.settings() {
+            p.extend(e);
+        }
         p
     }
 }
@@ -199,9 +207,17 @@ pub async fn run(
     grace: Duration,
     on_bound: impl FnOnce(Bound<'_>),
 ) -> Result<(), RunError> {
-    let publisher = Arc::new(bus::Publisher::bind(
+    // Checked by `problems` before `run`; a test that skips it gets NULL.
+    let security = args.security.settings().unwrap_or_default();
+    security.log("backend-svc", true);
+    let tuning = bus::Tuning {
+        mechanism: security.server(),
+        ..bus::Tuning::default()
+    };
+    let publisher = Arc::new(bus::Publisher::bind_with(
         &args.events,
         Some(bus::events::DEFAULT_HEARTBEAT),
+        &tuning,
     )?);
     let p = publisher.clone();
     let on_changed: store::OnChanged = Box::new(move |key| {
@@ -218,6 +234,7 @@ pub async fn run(
     let kv = Arc::new(handler::Kv::new(store.clone(), args.max_value));
     let mut opts = bus::ServiceOptions::new(proto::SERVICE, args.bus.clone());
     opts.max_in_flight = args.max_in_flight;
+    opts.tuning = tuning;
     let h = kv.clone();
     let svc = bus::Service::bind(opts, move |req, deadline| {
         let h = h.clone();
@@ -243,6 +260,7 @@ pub async fn run(
             version: env!("CARGO_PKG_VERSION").into(),
             started_at: discovery::registration::now_unix(),
             draining: false,
+            curve_key: security.public_key(),
         };
         discovery::Registrar::start(o, reg)
     });

@@ -3,9 +3,14 @@
 //! the same window (length-prefixed, blocking threads), measured in the
 //! same run. The ratio is what ZMTP, the wire format and the SDK cost.
 //!
+//! The SDK runs twice: with the NULL mechanism and with CURVE (every frame
+//! boxed both ways, keys authorised at the service), so the ratio of the
+//! two is what encryption costs.
+//!
 //! Run: `cargo bench -p bus --bench roundtrip` (SECS=5 by default per case).
 
-use bus::{Client, ClientOptions, Reply, Request, Service, ServiceOptions};
+use bus::curve::KeyPair;
+use bus::{Client, ClientOptions, Curve, Mechanism, Reply, Request, Service, ServiceOptions};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
@@ -85,20 +90,31 @@ fn raw(d: Duration) -> Result {
     summarize(lat, took)
 }
 
-/// The SDK: 64 tasks each calling in a loop.
-fn sdk(d: Duration) -> Result {
+/// The SDK: 64 tasks each calling in a loop; `curve`: under CURVE.
+fn sdk(d: Duration, curve: bool) -> Result {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let svc = Service::bind(
-            ServiceOptions::new("echo", "tcp://127.0.0.1:0"),
-            |req: Request, _| async move { Reply::with_body(200, req.body) },
-        )
+        let mut so = ServiceOptions::new("echo", "tcp://127.0.0.1:0");
+        let (server, caller) = (KeyPair::generate(), KeyPair::generate());
+        if curve {
+            so.tuning.mechanism = Mechanism::Curve(Curve::server(
+                server.clone(),
+                bus::curve::authorized([caller.public]),
+            ));
+        }
+        let svc = Service::bind(so, |req: Request, _| async move {
+            Reply::with_body(200, req.body)
+        })
         .unwrap();
-        let client = Client::connect(ClientOptions::new("echo").endpoint(svc.endpoint())).unwrap();
+        let mut co = ClientOptions::new("echo").endpoint(svc.endpoint());
+        if curve {
+            co.tuning.mechanism = Mechanism::Curve(Curve::client(caller, Some(server.public)));
+        }
+        let client = Client::connect(co).unwrap();
         assert!(client.wait_connected(Duration::from_secs(5)).await);
         let body = Bytes::from(vec![7u8; BODY]);
         let start = Instant::now();
@@ -137,7 +153,11 @@ fn main() {
     let mut rows = Vec::new();
     for round in 0..2 {
         rows.push((format!("raw TCP echo (round {})", round + 1), raw(d)));
-        rows.push((format!("bus SDK call (round {})", round + 1), sdk(d)));
+        rows.push((format!("bus SDK call (round {})", round + 1), sdk(d, false)));
+        rows.push((
+            format!("bus SDK call, CURVE (round {})", round + 1),
+            sdk(d, true),
+        ));
     }
     println!("| case | calls/s | p50 µs | p99 µs |");
     println!("|---|---:|---:|---:|");
@@ -155,6 +175,10 @@ fn main() {
     };
     println!(
         "\nSDK / raw throughput (best of rounds): {:.2}",
-        best("bus") / best("raw")
+        best("bus SDK call (") / best("raw")
+    );
+    println!(
+        "CURVE / NULL throughput (best of rounds): {:.2}",
+        best("bus SDK call, CURVE") / best("bus SDK call (")
     );
 }

@@ -8,9 +8,10 @@
 //!
 //! # Layout
 //!
+//! - [`curve`]: CURVE key pairs, authorised key sets, key files (Z85).
 //! - [`wire`]: the v1 frame layout, encoder and total decoder
 //!   (also specified in `docs/protocol.md`).
-//! - [`zmtp`]: ZMTP 3.1 on tokio: greeting, frames, NULL mechanism,
+//! - [`zmtp`]: ZMTP 3.1 on tokio: greeting, frames, NULL and CURVE mechanisms,
 //!   heartbeats, the batched writer and the message reader.
 //! - [`client`]: [`Client`], the call path; `client/pick.rs` instance
 //!   choice (power of two choices); `client/link.rs` one connection per
@@ -35,6 +36,7 @@
 //! waits for another thread to be scheduled.
 
 pub mod client;
+pub mod curve;
 pub mod error;
 pub mod events;
 mod metrics;
@@ -50,5 +52,6 @@ pub use error::{CallError, SetupError};
 pub use events::{Publisher, Subscriber};
 pub use problem::Problem;
 pub use service::{Service, ServiceMonitor, ServiceOptions, ServiceStats};
-pub use tuning::{check_endpoint, Tuning};
+pub use tuning::{check_endpoint, ServerKeyError, Tuning};
 pub use wire::{ErrorReply, Event, Headers, Message, Reply, Request, Text};
+pub use zmtp::mechanism::{Curve, Mechanism};

@@ -1,6 +1,7 @@
 //! Connection settings shared by clients, services and events, each set on
 //! purpose, and the endpoint check every setting path uses.
 
+use crate::curve::PublicKey;
 use crate::error::SetupError;
 use crate::zmtp::connection::Settings;
 use crate::zmtp::mechanism::Mechanism;
@@ -71,10 +72,48 @@ impl Tuning {
         }
     }
 
+    /// The settings for a connection to a server whose discovery
+    /// registration carries `registered` as its CURVE key. Under CURVE a
+    /// configured `server_key` wins, and a registered key that differs from
+    /// it is refused (someone else's registration, or a stale one); with no
+    /// configured key the registered one is used.
+    pub(crate) fn settings_for(
+        &self,
+        registered: Option<PublicKey>,
+    ) -> Result<Settings, ServerKeyError> {
+        let mut s = self.settings();
+        if let Mechanism::Curve(c) = &mut s.mechanism {
+            c.server_key = match (c.server_key, registered) {
+                (Some(k), Some(r)) if k != r => {
+                    return Err(ServerKeyError::Mismatch {
+                        configured: k,
+                        registered: r,
+                    })
+                }
+                (Some(k), _) => Some(k),
+                (None, Some(r)) => Some(r),
+                (None, None) => return Err(ServerKeyError::Missing),
+            };
+        }
+        Ok(s)
+    }
+
     /// The next reconnect delay after `current`.
     pub(crate) fn backoff(&self, current: Duration) -> Duration {
         (current * 2).min(self.reconnect_ivl_max.max(self.reconnect_ivl))
     }
+}
+
+/// Why a caller will not connect to a CURVE server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerKeyError {
+    #[error("no CURVE server key: none configured (--curve-server-key) and none registered")]
+    Missing,
+    #[error("registered CURVE key {registered} is not the configured {configured}: refused")]
+    Mismatch {
+        configured: PublicKey,
+        registered: PublicKey,
+    },
 }
 
 /// Accepts the transports the bus speaks (`tcp://HOST:PORT`, `ipc://PATH`);

@@ -25,6 +25,11 @@ pub struct Registration {
     /// [`Watcher`](crate::Watcher)). Absent from a live registration.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// Under CURVE, the instance's public key (Z85, 40 characters): callers
+    /// with no configured key for the service use it, and callers with one
+    /// refuse an instance whose registered key differs. Absent under NULL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve_key: Option<String>,
 }
 
 impl Registration {
@@ -96,8 +101,10 @@ mod tests {
             version: "0.1.0".into(),
             started_at: 1,
             draining: false,
+            curve_key: None,
         };
         assert!(!serde_json::to_string(&r).unwrap().contains("draining"));
+        assert!(!serde_json::to_string(&r).unwrap().contains("curve_key"));
         assert_eq!(r.key(), "/switchboard/services/backend/h-1-ab");
         assert_eq!(
             Registration::service_prefix("backend"),

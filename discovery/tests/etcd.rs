@@ -18,6 +18,7 @@ fn reg(service: &str, instance: &str) -> Registration {
         version: "test".into(),
         started_at: 1,
         draining: false,
+        curve_key: None,
     }
 }
 

@@ -2,7 +2,12 @@
 """Echo service for the Switchboard bus, written from docs/protocol.md alone.
 
 Replies 200 with the request's body and content-type. Needs pyzmq (pip install pyzmq).
-Usage: echo_service.py [ENDPOINT (default tcp://127.0.0.1:8100)] | echo_service.py --selftest
+Usage: echo_service.py [ENDPOINT (default tcp://127.0.0.1:8100)]
+                       [--curve-secret Z85 --curve-public Z85]
+       echo_service.py --selftest
+With the CURVE keys (40-character Z85, as curve_keygen prints them) the
+socket is a CURVE server (docs/protocol.md §1): callers need its public key;
+any caller key is let in (no ZAP handler).
 """
 import struct
 import sys
@@ -107,9 +112,12 @@ def handle(frames, arrival):
     return reply
 
 
-def serve(endpoint):
+def serve(endpoint, curve=None):
     import zmq
     sock = zmq.Context.instance().socket(zmq.ROUTER)
+    if curve is not None:  # (secret, public), Z85
+        sock.curve_server = True
+        sock.curve_secretkey, sock.curve_publickey = (k.encode() for k in curve)
     for opt, val in ((zmq.SNDHWM, 10000), (zmq.RCVHWM, 10000), (zmq.LINGER, 0),
                      (zmq.MAXMSGSIZE, 16 << 20), (zmq.HEARTBEAT_IVL, 1000),
                      (zmq.HEARTBEAT_TIMEOUT, 3000), (zmq.HEARTBEAT_TTL, 3000),
@@ -153,7 +161,16 @@ if __name__ == "__main__" and "--selftest" in sys.argv:
         encode_error(7, 400, "truncated in header value"), b""]
     print("selftest ok")
 elif __name__ == "__main__":
+    args, keys = sys.argv[1:], {}
+    for flag in ("--curve-secret", "--curve-public"):
+        if flag in args:
+            i = args.index(flag)
+            keys[flag] = args[i + 1]
+            del args[i:i + 2]
+    if len(keys) == 1:
+        sys.exit("--curve-secret and --curve-public go together")
+    curve = (keys["--curve-secret"], keys["--curve-public"]) if keys else None
     try:
-        serve(sys.argv[1] if len(sys.argv) > 1 else "tcp://127.0.0.1:8100")
+        serve(args[0] if args else "tcp://127.0.0.1:8100", curve)
     except KeyboardInterrupt:
         pass

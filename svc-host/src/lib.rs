@@ -8,6 +8,8 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/stats`, `/stats/histograms` and
 //!   process-specific JSON pages.
 //! - [`metrics`]: the `--statsd*` / `--metrics` flags and the statsd flush.
+//! - [`security`]: the `--bus-security` / `--curve-*` flags: NULL or CURVE,
+//!   keys and who may connect.
 //! - [`process`]: the life of every binary, terminator included:
 //!   arguments, logging, statsd, listeners, runtime layout, exit code.
 //! - [`signal`]: SIGTERM/SIGINT, on which every binary drains.
@@ -19,6 +21,7 @@ pub mod admin;
 pub mod flags;
 pub mod metrics;
 pub mod process;
+pub mod security;
 pub mod signal;
 
 pub use process::{Layout, Process, Shard};

@@ -77,6 +77,8 @@ pub struct Settings {
     /// etcd discovery; None keeps the static routes.
     pub etcd: Option<discovery::EtcdOptions>,
     pub metrics: svc_host::metrics::MetricsSettings,
+    /// `--bus-security` and `--curve-*`: what the bus clients use.
+    pub bus_security: svc_host::security::BusSecurity,
     /// Closes connections idle this long (no request in progress, nothing
     /// read or written): before the first byte and between requests.
     pub idle_timeout: Duration,
@@ -120,6 +122,7 @@ impl Default for Settings {
             metrics: svc_host::metrics::MetricsArgs::default()
                 .settings()
                 .expect("defaults are valid"),
+            bus_security: Default::default(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: None,
             tls: Vec::new(),
@@ -185,6 +188,8 @@ pub struct Args {
     pub discovery: discovery::EtcdArgs,
     #[command(flatten)]
     pub metrics: svc_host::metrics::MetricsArgs,
+    #[command(flatten)]
+    pub security: svc_host::security::SecurityArgs,
     /// Close a connection that sends nothing for this long while no request
     /// is in progress: before its first byte and between keep-alive
     /// requests [default: 10s]
@@ -320,6 +325,7 @@ impl Settings {
             adaptive: self.admission,
             max_in_flight: self.max_in_flight,
             retries: self.retry_budget,
+            mechanism: self.bus_security.client(),
         }
     }
 
@@ -466,6 +472,10 @@ impl Settings {
         }
         match args.metrics.settings() {
             Ok(m) => s.metrics = m,
+            Err(p) => errors.extend(p),
+        }
+        match args.security.settings() {
+            Ok(b) => s.bus_security = b,
             Err(p) => errors.extend(p),
         }
         let routes: Vec<Route> = if !args.routes.is_empty() {

@@ -113,6 +113,7 @@ pub fn main() -> ExitCode {
         config::RuntimeKind::PerCore => Layout::PerCore(settings.threads),
         config::RuntimeKind::Shared => Layout::Shared(Some(settings.threads)),
     };
+    settings.bus_security.log("terminator", false);
     process.run(layout, admin, move |shard| {
         let (settings, shared) = (settings.clone(), shared.clone());
         let http = http.try_clone();

@@ -175,10 +175,13 @@ impl Follower {
         // Instances first, so a new table never points at a client that
         // has not been told its endpoints.
         for (service, regs) in &by_service {
-            let eps: Vec<&str> = regs
+            let eps: Vec<(&str, Option<bus::curve::PublicKey>)> = regs
                 .iter()
-                .map(|r| r.bus.as_str())
-                .filter(|ep| match bus::check_endpoint(ep) {
+                .map(|r| {
+                    let key = svc_host::security::registered_key(&r.bus, r.curve_key.as_deref());
+                    (r.bus.as_str(), key)
+                })
+                .filter(|(ep, _)| match bus::check_endpoint(ep) {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::warn!(service, endpoint = ep, error = %e, "registered endpoint unusable; ignored");
@@ -188,15 +191,17 @@ impl Follower {
                 .collect();
             match self.clients.get(*service) {
                 Some(c) => {
-                    let _ = c.set_endpoints(&eps);
+                    let _ = c.set_endpoints_with_keys(&eps);
                 }
                 None => {
+                    let upstream = self.routes.upstream(service);
                     let mut o = bus::ClientOptions::new(service.to_string());
-                    o.endpoints = eps.iter().map(|s| s.to_string()).collect();
                     o.report_instances = self.routes.primary();
-                    o.retry_budget = self.routes.upstream(service).retry_budget.clone();
+                    o.retry_budget = upstream.retry_budget.clone();
+                    o.tuning.mechanism = upstream.mechanism.clone();
                     match Client::connect(o) {
                         Ok(c) => {
+                            let _ = c.set_endpoints_with_keys(&eps);
                             self.clients.insert(service.to_string(), c);
                         }
                         Err(e) => {
@@ -270,6 +275,7 @@ mod tests {
             version: String::new(),
             started_at: 0,
             draining: false,
+            curve_key: None,
         };
         (r.key(), r)
     }

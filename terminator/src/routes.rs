@@ -121,6 +121,7 @@ pub fn static_targets(
             o.endpoints = r.endpoints.clone();
             o.report_instances = primary;
             o.retry_budget = upstream.retry_budget.clone();
+            o.tuning.mechanism = upstream.mechanism.clone();
             let prefix = normalize(&r.prefix);
             Ok(Arc::new(Target {
                 upstream,

@@ -13,6 +13,8 @@ pub struct Upstream {
     pub limiter: Limiter,
     /// `None`: retries are off.
     pub retry_budget: Option<Arc<RetryBudget>>,
+    /// The bus mechanism its clients use (NULL or CURVE).
+    pub mechanism: bus::Mechanism,
 }
 
 /// How upstreams are made: from the settings.
@@ -22,6 +24,8 @@ pub struct Policy {
     pub max_in_flight: usize,
     /// `None`: retries off; else (ratio, minimum per second, window).
     pub retries: Option<(f64, u32, std::time::Duration)>,
+    /// `--bus-security` and the `--curve-*` keys, as a caller.
+    pub mechanism: bus::Mechanism,
 }
 
 /// Every upstream of the process, by service name; created when a route
@@ -52,6 +56,7 @@ impl Upstreams {
                         .policy
                         .retries
                         .map(|(r, m, w)| Arc::new(RetryBudget::new(r, m, w))),
+                    mechanism: self.policy.mechanism.clone(),
                 })
             })
             .clone()

@@ -17,6 +17,7 @@
 
 use super::pick::Instance;
 use super::Counters;
+use crate::curve::PublicKey;
 use crate::error::CallError;
 use crate::table::{RawReply, Table};
 use crate::tuning::{self, Tuning};
@@ -24,7 +25,7 @@ use crate::wire::{self, Kind};
 use crate::zmtp::connection::{self, Conn, Incoming};
 use crate::zmtp::outbox::Outbox;
 use crate::zmtp::stream::Stream;
-use crate::zmtp::{Endpoint, SocketType};
+use crate::zmtp::{Endpoint, SocketType, ZmtpError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,8 @@ pub(crate) struct LinkCtx {
     pub service: String,
     /// Woken whenever any instance completes a handshake.
     pub connected: Notify,
+    /// CURVE keys from the instances' registrations, by endpoint.
+    pub registered_keys: parking_lot::RwLock<HashMap<String, PublicKey>>,
 }
 
 /// Every link in the process to one endpoint. When one connects, the
@@ -77,13 +80,27 @@ pub(crate) async fn run(inst: Arc<Instance>, ctx: Arc<LinkCtx>) {
     let Some(ep) = Endpoint::parse(&inst.endpoint) else {
         return;
     };
-    let settings = ctx.tuning.settings();
     let peers = peers(&inst.endpoint);
     let mut delay = ctx.tuning.reconnect_ivl;
     let mut failures = 0u32;
     while !inst.retiring.load(Ordering::Relaxed) {
         let connects_before = peers.connects.load(Ordering::Acquire);
         let mut connected = false;
+        let registered = ctx.registered_keys.read().get(&inst.endpoint).copied();
+        let settings = match ctx.tuning.settings_for(registered) {
+            Ok(s) => s,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(service = %ctx.service, endpoint = %inst.endpoint, error = %e, "not connecting");
+                }
+                tokio::select! {
+                    _ = tuning::jittered_sleep(ctx.tuning.reconnect_ivl_max) => {}
+                    _ = inst.retire.notified() => {}
+                }
+                continue;
+            }
+        };
         let attempt = async {
             let stream = Stream::connect(&ep).await?;
             connection::establish(stream, SocketType::Dealer, false, &settings).await
@@ -105,7 +122,15 @@ pub(crate) async fn run(inst: Arc<Instance>, ctx: Arc<LinkCtx>) {
                 // Once per outage at debug; a dead instance should be visible
                 // but not fill the log at ten lines a second.
                 if failures == 1 {
-                    tracing::debug!(service = %ctx.service, endpoint = %inst.endpoint, error = %e, "cannot connect; retrying");
+                    if let ZmtpError::Curve(_)
+                    | ZmtpError::PeerError(_)
+                    | ZmtpError::Mechanism { .. } = e
+                    {
+                        // Not an outage: keys or settings disagree.
+                        tracing::warn!(service = %ctx.service, endpoint = %inst.endpoint, error = %e, "handshake refused; retrying");
+                    } else {
+                        tracing::debug!(service = %ctx.service, endpoint = %inst.endpoint, error = %e, "cannot connect; retrying");
+                    }
                 }
             }
         }

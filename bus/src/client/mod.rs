@@ -31,6 +31,7 @@ pub use retry::{
 pub use stats::ClientStats;
 pub(crate) use stats::Counters;
 
+use crate::curve::PublicKey;
 use crate::error::{CallError, SetupError};
 use crate::table::{RawReply, Table};
 use crate::tuning::{self, Tuning};
@@ -144,6 +145,7 @@ impl Client {
             tuning: opts.tuning.clone(),
             service: opts.service.clone(),
             connected: tokio::sync::Notify::new(),
+            registered_keys: Default::default(),
         });
         let client = Client {
             shared: Arc::new(Shared {
@@ -220,6 +222,27 @@ impl Client {
         }
         *guard = Arc::new(next);
         Ok(())
+    }
+
+    /// As [`set_endpoints`](Self::set_endpoints), with each instance's
+    /// CURVE key from its registration (`None`: not registered). A key
+    /// takes effect on the instance's next connect; see
+    /// [`Tuning`]'s CURVE settings for how it meets a configured key.
+    pub fn set_endpoints_with_keys<S: AsRef<str>>(
+        &self,
+        endpoints: &[(S, Option<PublicKey>)],
+    ) -> Result<(), SetupError> {
+        {
+            let mut keys = self.shared.ctx.registered_keys.write();
+            keys.clear();
+            for (ep, k) in endpoints {
+                if let Some(k) = k {
+                    keys.insert(ep.as_ref().to_string(), *k);
+                }
+            }
+        }
+        let eps: Vec<&str> = endpoints.iter().map(|(e, _)| e.as_ref()).collect();
+        self.set_endpoints(&eps)
     }
 
     /// The instances as they stand.

@@ -8,7 +8,7 @@ use crate::wire::{self, EncodeError, Event};
 use crate::zmtp::connection::{self, Incoming, Settings};
 use crate::zmtp::outbox::{Outbox, PushError};
 use crate::zmtp::stream::{Listener, Stream};
-use crate::zmtp::SocketType;
+use crate::zmtp::{SocketType, ZmtpError};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -38,6 +38,7 @@ struct Inner {
     subs: Mutex<HashMap<u64, Arc<Sub>>>,
     published: AtomicU64,
     dropped: AtomicU64,
+    refused: AtomicU64,
     settings: Settings,
 }
 
@@ -45,12 +46,23 @@ impl Publisher {
     /// Binds `endpoint` (port 0 picks a free one) and starts the heartbeat
     /// (`None` turns it off). Must be called inside a tokio runtime.
     pub fn bind(endpoint: &str, heartbeat: Option<Duration>) -> Result<Publisher, SetupError> {
+        Publisher::bind_with(endpoint, heartbeat, &Tuning::default())
+    }
+
+    /// As [`bind`](Self::bind), with connection settings (the mechanism:
+    /// under CURVE a subscriber whose key is not authorised gets nothing).
+    pub fn bind_with(
+        endpoint: &str,
+        heartbeat: Option<Duration>,
+        tuning: &Tuning,
+    ) -> Result<Publisher, SetupError> {
         let (runtime, listener, bound) = tuning::listen(endpoint)?;
         let inner = Arc::new(Inner {
             subs: Mutex::new(HashMap::new()),
             published: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            settings: Tuning::default().settings(),
+            refused: AtomicU64::new(0),
+            settings: tuning.settings(),
         });
         let mut tasks = vec![runtime.spawn(accept_loop(listener, inner.clone()))];
         if let Some(every) = heartbeat {
@@ -91,6 +103,12 @@ impl Publisher {
     /// Copies not sent because a subscriber's queue was full.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Subscribers refused during the handshake (a bad greeting, another
+    /// mechanism, a CURVE key not authorised, ...).
+    pub fn refused(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
     }
 
     /// Subscribers connected now.
@@ -148,6 +166,9 @@ async fn serve(stream: Stream, inner: Arc<Inner>, id: u64) {
     let conn = match connection::establish(stream, SocketType::Pub, true, &inner.settings).await {
         Ok(c) => c,
         Err(e) => {
+            if !matches!(e, ZmtpError::Io(_) | ZmtpError::Closed) {
+                inner.refused.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::debug!(error = %e, "events: subscriber refused");
             return;
         }

@@ -3,6 +3,7 @@
 //! callback.
 
 use super::HEARTBEAT_TOPIC;
+use crate::curve::PublicKey;
 use crate::error::SetupError;
 use crate::tuning::{self, Tuning};
 use crate::wire::{self, Event, Message};
@@ -36,6 +37,8 @@ struct SubShared {
     topics: Vec<Bytes>,
     tuning: Tuning,
     on_event: Mutex<Callback>,
+    /// CURVE keys from the publishers' registrations, by endpoint.
+    registered_keys: parking_lot::RwLock<HashMap<String, PublicKey>>,
 }
 
 impl Subscriber {
@@ -45,6 +48,20 @@ impl Subscriber {
     pub fn connect<F>(
         endpoints: &[String],
         topics: &[&str],
+        on_event: F,
+    ) -> Result<Subscriber, SetupError>
+    where
+        F: FnMut(Event) + Send + 'static,
+    {
+        Subscriber::connect_with(endpoints, topics, &Tuning::default(), on_event)
+    }
+
+    /// As [`connect`](Self::connect), with connection settings (under
+    /// CURVE, `server_key` is the publisher's key).
+    pub fn connect_with<F>(
+        endpoints: &[String],
+        topics: &[&str],
+        tuning: &Tuning,
         on_event: F,
     ) -> Result<Subscriber, SetupError>
     where
@@ -63,8 +80,9 @@ impl Subscriber {
                 received: AtomicU64::new(0),
                 malformed: AtomicU64::new(0),
                 topics: subs,
-                tuning: Tuning::default(),
+                tuning: tuning.clone(),
                 on_event: Mutex::new(Box::new(on_event)),
+                registered_keys: Default::default(),
             }),
             links: Mutex::new(HashMap::new()),
             runtime,
@@ -88,11 +106,32 @@ impl Subscriber {
             keep
         });
         for (name, ep) in parsed {
-            links
-                .entry(name)
-                .or_insert_with(|| self.runtime.spawn(link(ep, self.shared.clone())));
+            links.entry(name).or_insert_with_key(|name| {
+                self.runtime
+                    .spawn(link(name.clone(), ep, self.shared.clone()))
+            });
         }
         Ok(())
+    }
+
+    /// As [`set_endpoints`](Self::set_endpoints), with each publisher's
+    /// registered CURVE key (`None`: not registered); see
+    /// [`Client::set_endpoints_with_keys`](crate::Client::set_endpoints_with_keys).
+    pub fn set_endpoints_with_keys(
+        &self,
+        endpoints: &[(String, Option<PublicKey>)],
+    ) -> Result<(), SetupError> {
+        {
+            let mut keys = self.shared.registered_keys.write();
+            keys.clear();
+            keys.extend(
+                endpoints
+                    .iter()
+                    .filter_map(|(e, k)| Some((e.clone(), (*k)?))),
+            );
+        }
+        let eps: Vec<String> = endpoints.iter().map(|(e, _)| e.clone()).collect();
+        self.set_endpoints(&eps)
     }
 
     /// Time since anything (event or heartbeat) was heard; `None` if never.
@@ -122,11 +161,14 @@ impl Drop for Subscriber {
     }
 }
 
-async fn link(ep: Endpoint, sh: Arc<SubShared>) {
-    let settings = sh.tuning.settings();
+async fn link(name: String, ep: Endpoint, sh: Arc<SubShared>) {
     let mut delay = sh.tuning.reconnect_ivl;
     loop {
         let attempt = async {
+            let registered = sh.registered_keys.read().get(&name).copied();
+            let settings = sh.tuning.settings_for(registered).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+            })?;
             let stream = Stream::connect(&ep).await?;
             connection::establish(stream, SocketType::Sub, false, &settings).await
         };

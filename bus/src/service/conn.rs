@@ -3,6 +3,7 @@
 use super::{Conns, Counters, Shared};
 use crate::wire::{self, ErrorReply, Kind, Message, Reply, Request, Text};
 use crate::zmtp::connection::{self, Incoming, Settings};
+use crate::zmtp::curve::CurveError;
 use crate::zmtp::outbox::{Outbox, PushError};
 use crate::zmtp::stream::Stream;
 use crate::zmtp::{SocketType, ZmtpError};
@@ -107,6 +108,16 @@ fn refused(shared: &Shared, e: &ZmtpError) {
         .counters
         .refused_peers
         .fetch_add(1, Ordering::Relaxed);
+    if let ZmtpError::Curve(CurveError::Unauthorized(key)) = e {
+        // Once per key at warn: a caller whose key was left out retries
+        // every second and would otherwise fill the log.
+        if shared.note_refused_key(key) {
+            tracing::warn!(service = %shared.name, client_key = %key, "bus peer refused: CURVE key not authorised (logged once per key)");
+        } else {
+            tracing::debug!(service = %shared.name, client_key = %key, "bus peer refused: CURVE key not authorised");
+        }
+        return;
+    }
     tracing::warn!(service = %shared.name, error = %e, "bus peer refused");
 }
 

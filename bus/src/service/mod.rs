@@ -16,13 +16,14 @@
 
 mod conn;
 
+use crate::curve::PublicKey;
 use crate::error::SetupError;
 use crate::tuning::{self, Tuning};
 use crate::wire::{Reply, Request};
 use crate::zmtp::outbox::Outbox;
 use crate::zmtp::stream::Listener;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -89,7 +90,10 @@ pub struct ServiceStats {
     /// Handlers that panicked (answered 500).
     pub handler_failures: u64,
     /// Connections closed for a protocol fault: a bad greeting, another
-    /// mechanism or socket type, a frame over the size limit.
+    /// mechanism or socket type, a frame over the size limit; under CURVE
+    /// also a handshake that does not check out (corrupted or truncated
+    /// commands, a bad vouch), a client key not authorised, a replayed or
+    /// reordered MESSAGE.
     pub refused_peers: u64,
     /// Connections that completed the handshake, since the start.
     pub connections: u64,
@@ -126,7 +130,12 @@ struct Shared {
     in_flight: AtomicUsize,
     draining: AtomicBool,
     methods: crate::metrics::MethodHists,
+    /// CURVE client keys already logged as refused.
+    refused_keys: Mutex<HashSet<PublicKey>>,
 }
+
+/// Keys remembered as logged; past it every refusal logs at debug only.
+const MAX_REFUSED_KEYS: usize = 4096;
 
 /// Reports as `service.*` (one service per process by convention).
 impl telemetry::Source for Shared {
@@ -141,6 +150,12 @@ impl telemetry::Source for Shared {
 }
 
 impl Shared {
+    /// True the first time `key` is refused (bounded memory).
+    fn note_refused_key(&self, key: &PublicKey) -> bool {
+        let mut seen = self.refused_keys.lock();
+        seen.len() < MAX_REFUSED_KEYS && seen.insert(*key)
+    }
+
     fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -216,6 +231,7 @@ impl Service {
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             methods: Default::default(),
+            refused_keys: Mutex::new(HashSet::new()),
         });
         telemetry::register(&shared);
         let conns: Conns = Arc::default();

@@ -4,13 +4,17 @@
 //!
 //! ```text
 //!  establish(stream, our socket type)
-//!    greeting ─► mechanism handshake (READY + metadata) ─► socket types agree?
-//!    spawn writer task (outbox ─► socket, PING every heartbeat interval)
-//!  Reader::next ─► every complete frame in the buffer, then one read
+//!    greeting ─► mechanism handshake (READY + metadata; CURVE: HELLO,
+//!      WELCOME, INITIATE, READY) ─► socket types agree?
+//!    spawn writer task (outbox ─► [CURVE: seal each frame] ─► socket,
+//!      PING every heartbeat interval)
+//!  Reader::next ─► every complete frame in the buffer [CURVE: opened,
+//!    nonce above the last], then one read
 //!    PING ─► PONG into the outbox; SUBSCRIBE/CANCEL ─► returned;
 //!    silence past the heartbeat timeout ─► error
 //! ```
 
+use super::curve::Opener;
 use super::frame::{self, Command, Metadata};
 use super::greeting;
 use super::mechanism::Mechanism;
@@ -93,6 +97,9 @@ async fn handshake(
             peer: g.mechanism,
         });
     }
+    // The peer's as-server flag is not checked: libzmq 4.3 sends 0 even
+    // from a CURVE server. Roles follow the socket (services and
+    // publishers serve), and two clients simply fail at HELLO.
     let ours = Metadata(vec![
         (
             Bytes::from_static(b"Socket-Type"),
@@ -100,10 +107,14 @@ async fn handshake(
         ),
         (Bytes::from_static(b"Identity"), Bytes::new()),
     ]);
-    let theirs = s
+    let (theirs, session) = s
         .mechanism
-        .handshake(&mut r, &mut w, &mut buf, ours, s.max_message)
+        .handshake(&mut r, &mut w, &mut buf, ours, as_server)
         .await?;
+    let (mut sealer, opener) = match session {
+        Some(s) => (Some(s.sealer), Some(s.opener)),
+        None => (None, None),
+    };
     let peer_type = theirs
         .get("Socket-Type")
         .and_then(|t| SocketType::parse(t))
@@ -111,6 +122,10 @@ async fn handshake(
     if !me.accepts(peer_type) {
         let mut out = Vec::new();
         Command::Error(Bytes::from_static(b"Invalid socket type")).put(&mut out);
+        if let Some(sealer) = &mut sealer {
+            let plain = std::mem::take(&mut out);
+            let _ = sealer.seal_all(&plain, &mut out);
+        }
         let _ = w.write_all(&out).await;
         return Err(ZmtpError::SocketType {
             ours: me,
@@ -125,13 +140,15 @@ async fn handshake(
         ttl_ds: (s.heartbeat_timeout.as_millis() / 100).min(u16::MAX as u128) as u16,
     });
     let outbox = Outbox::new(s.queue_msgs, s.queue_bytes);
-    let writer = tokio::spawn(outbox::write_loop(outbox.clone(), w, pinger));
+    let writer = tokio::spawn(outbox::write_loop(outbox.clone(), w, pinger, sealer));
     let timeout = beats.then_some(s.heartbeat_timeout);
     Ok(Conn {
         reader: Reader {
             r,
             buf,
             max: s.max_message,
+            wire_max: s.max_message + s.mechanism.overhead(),
+            opener,
             frames: Vec::new(),
             msg_bytes: 0,
             outbox: outbox.clone(),
@@ -148,6 +165,10 @@ pub(crate) struct Reader {
     r: ReadHalf,
     buf: BytesMut,
     max: usize,
+    /// The largest frame on the wire: `max` plus what CURVE adds.
+    wire_max: usize,
+    /// CURVE: opens each frame, refusing replayed or reordered nonces.
+    opener: Option<Opener>,
     /// Frames of a message still arriving.
     frames: Vec<Bytes>,
     msg_bytes: usize,
@@ -166,7 +187,7 @@ impl Reader {
             if let Some(m) = self.decode()? {
                 return Ok(Some(m));
             }
-            let want = match frame::check(&self.buf, self.max) {
+            let want = match frame::check(&self.buf, self.wire_max) {
                 Err(frame::FrameError::Incomplete) => needed(&self.buf),
                 _ => 0,
             };
@@ -210,7 +231,17 @@ impl Reader {
 
     /// Decodes from the buffer only; `None` when it needs more bytes.
     fn decode(&mut self) -> Result<Option<Incoming>, ZmtpError> {
-        while let Some(f) = frame::parse(&mut self.buf, self.max)? {
+        while let Some(f) = frame::parse(&mut self.buf, self.wire_max)? {
+            let f = match &mut self.opener {
+                None => f,
+                Some(o) => {
+                    let (flags, body) = o.open(&f.body)?;
+                    if flags & frame::COMMAND != 0 && flags & frame::MORE != 0 {
+                        return Err(frame::FrameError::CommandWithMore.into());
+                    }
+                    frame::RawFrame { flags, body }
+                }
+            };
             if f.is_command() {
                 match Command::parse(f.body)? {
                     Command::Ping { ttl_ds, context } => {

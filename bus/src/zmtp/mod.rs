@@ -11,11 +11,14 @@
 //! - [`greeting`]: the 64-byte greeting, parsed a prefix at a time.
 //! - [`frame`]: frames and commands (READY, ERROR, PING/PONG, SUBSCRIBE,
 //!   CANCEL), check-then-parse with a size limit before allocation.
-//! - [`mechanism`]: the security seam; NULL today.
+//! - [`mechanism`]: the security seam: NULL or CURVE.
+//! - [`curve`]: CurveZMQ's handshake commands and MESSAGE boxes (RFC 25,
+//!   RFC 26), pure functions the mechanism drives.
 //! - `stream`: endpoints and TCP / Unix-socket streams.
 //! - `outbox`: the batched write side of a connection.
 //! - `connection`: handshake, the message reader, heartbeats.
 
+pub mod curve;
 pub mod frame;
 pub mod greeting;
 pub mod mechanism;
@@ -106,6 +109,8 @@ pub enum ZmtpError {
     SocketType { ours: SocketType, peer: SocketType },
     #[error("handshake: {0}")]
     Handshake(&'static str),
+    #[error("curve: {0}")]
+    Curve(#[from] curve::CurveError),
     #[error("handshake did not finish in time")]
     HandshakeTimeout,
     #[error("peer sent ERROR: {0}")]

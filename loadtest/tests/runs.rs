@@ -43,15 +43,17 @@ fn latency_by_status_class_separates_fast_refusals_from_slow_successes() {
     let _g = serial();
     let srv = start(Behavior::Delay(Duration::from_millis(20)));
     let url = format!("{}{{i}}", srv.url("/"));
+    // Enough connections that a refusal seldom waits behind a success; the
+    // median, which a loaded machine's stray stall does not move.
     let (o, v) = loadtest_json(&[
-        "-c", "4", "-d", "1s", "--rate", "100", "--keys", "502..504", &url,
+        "-c", "16", "-d", "1s", "--rate", "100", "--keys", "502..504", &url,
     ]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(v["status"]["200"], v["status"]["503"], "{v}");
     let ok = ms(&v["latency_by_class_ms"], "2xx", "p50");
-    let refused = ms(&v["latency_by_class_ms"], "5xx", "p99");
+    let refused = ms(&v["latency_by_class_ms"], "5xx", "p50");
     assert!(ok >= 19.9, "2xx p50 {ok} ms: {v}");
-    assert!(refused < 15.0, "5xx p99 {refused} ms: {v}");
+    assert!(refused < 5.0, "5xx p50 {refused} ms: {v}");
     assert!(v["latency_by_class_ms"].get("4xx").is_none(), "{v}");
 }
 

@@ -36,9 +36,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked \
         --bin terminator --bin aggregator --bin backend-svc --bin loadtest --bin baseline \
+        --bin bus-keygen --bin gen-cert \
  && mkdir -p /out \
  && cp target/release/terminator target/release/aggregator target/release/backend-svc \
-       target/release/loadtest target/release/baseline /out/
+       target/release/loadtest target/release/baseline \
+       target/release/bus-keygen target/release/gen-cert /out/
 
 # -------------------------------------------------------------- runtime ----
 FROM debian:${DEBIAN}-slim AS runtime
@@ -61,6 +63,10 @@ COPY --from=build /out/aggregator /usr/local/bin/aggregator
 COPY --from=build /out/backend-svc /usr/local/bin/backend-svc
 COPY --from=build /out/loadtest /usr/local/bin/loadtest
 COPY --from=build /out/baseline /usr/local/bin/baseline
+# Key and certificate tools: CURVE key pairs (--bus-security curve) and a
+# self-signed certificate for trying TLS (docs/deployment.md).
+COPY --from=build /out/bus-keygen /usr/local/bin/bus-keygen
+COPY --from=build /out/gen-cert /usr/local/bin/gen-cert
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/switchboard-entrypoint
 COPY --chmod=0755 docker/healthcheck.sh /usr/local/bin/switchboard-healthcheck
 

@@ -13,10 +13,10 @@ use bus::{
 use bytes::{Bytes, BytesMut};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command as Process, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::python_run as python;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -375,43 +375,6 @@ async fn broken_handshakes_and_replays_are_refused_without_a_handler() {
 }
 
 // ---- libzmq (pyzmq) peers ----
-
-/// Runs a Python program and returns its stdout (bounded in time).
-fn python(program: &str, args: &[&str], bound: Duration) -> String {
-    let mut child = Process::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (scripts/deps installs python3-zmq)");
-    let end = Instant::now() + bound;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            let (mut out, mut err) = (String::new(), String::new());
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            assert!(st.success(), "python failed: {err}\n{out}");
-            return out;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("python did not finish within {bound:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 const CURVE_DEALER: &str = r#"
 import struct, sys, zmq

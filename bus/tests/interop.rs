@@ -3,55 +3,16 @@
 
 use bus::{Client, ClientOptions, Publisher, Reply, Request, Service, ServiceOptions};
 use bytes::Bytes;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::python_run as python;
 
 fn echo_service(opts: ServiceOptions) -> Service {
     Service::bind(opts, |req: Request, _| async move {
         Reply::with_body(200, req.body)
     })
     .expect("bind")
-}
-
-/// Runs a Python program under `/usr/bin/python3` (pyzmq from Debian's
-/// python3-zmq, which `scripts/deps` installs) and returns its stdout.
-fn python(program: &str, args: &[&str], bound: Duration) -> String {
-    let mut child = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (scripts/deps installs python3-zmq)");
-    let end = Instant::now() + bound;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            let mut out = String::new();
-            let mut err = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            assert!(st.success(), "python failed: {err}\n{out}");
-            return out;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("python did not finish within {bound:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 const DEALER: &str = r#"

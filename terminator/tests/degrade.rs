@@ -5,14 +5,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::time::{Duration, Instant};
-use testkit::{curl, python_service, terminator, wait_until, Proc};
+mod common;
 
-fn status_service() -> Proc {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/status_service.py");
-    python_service(&script, &["tcp://127.0.0.1:*"])
-}
+use common::status_service;
+use std::time::{Duration, Instant};
+use testkit::{curl, terminator, wait_until, Proc};
 
 fn stats(t: &Proc) -> serde_json::Value {
     let r = curl("GET", &format!("{}/stats", t.addr("admin")), None);

@@ -4,14 +4,11 @@
 //! `{"error", "status", "message", "request_id"}`, with `x-request-id`
 //! and, where the request may simply be tried again, `Retry-After`.
 
-use std::path::Path;
-use std::time::Duration;
-use testkit::{curl_with, free_endpoint, python_service, terminator, wait_until, Proc};
+mod common;
 
-fn status_service() -> Proc {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/status_service.py");
-    python_service(&script, &["tcp://127.0.0.1:*"])
-}
+use common::status_service;
+use std::time::Duration;
+use testkit::{curl_with, free_endpoint, terminator, wait_until};
 
 struct Row {
     what: &'static str,

@@ -1,6 +1,8 @@
 //! The real terminator binary drains on SIGTERM: 200 slow requests in
 //! flight all complete with 200, /readyz says 503 meanwhile, exit code 0.
 
+mod common;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -8,7 +10,6 @@ use hyper_util::rt::TokioExecutor;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 /// The child and its stderr log: killed on drop; the log is removed, or,
@@ -28,25 +29,9 @@ impl Drop for Kill {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
-    let (ep_tx, ep_rx) = tokio::sync::oneshot::channel::<String>();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let args = aggregator::Args::parse_from([
-        "aggregator",
-        "--bus",
-        "tcp://127.0.0.1:0",
-        "--admin",
-        &admin.local_addr().unwrap().to_string(),
-    ]);
-    tokio::spawn(aggregator::run(
-        args,
-        admin,
-        std::future::pending(),
-        Duration::from_secs(5),
-        move |ep| {
-            let _ = ep_tx.send(ep.to_string());
-        },
-    ));
-    let ep = ep_rx.await.unwrap();
+    let ep = tokio::task::spawn_blocking(common::aggregator)
+        .await
+        .unwrap();
 
     let log = std::env::temp_dir().join(format!(
         "switchboard-test-sigterm-{}.log",

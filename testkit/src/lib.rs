@@ -279,6 +279,45 @@ pub fn python_echo_service(endpoint: &str) -> Proc {
     python_service(&script, &[endpoint])
 }
 
+/// Runs a Python program under `/usr/bin/python3` (pyzmq from Debian's
+/// python3-zmq, which `scripts/deps` installs) and returns its stdout.
+pub fn python_run(program: &str, args: &[&str], bound: Duration) -> String {
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/deps installs python3-zmq)");
+    let end = Instant::now() + bound;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            let mut err = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            assert!(st.success(), "python failed: {err}\n{out}");
+            return out;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("python did not finish within {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A Python bus service (Debian's python3 with pyzmq) that prints a
 /// listening line like the workspace's binaries.
 pub fn python_service(script: &Path, args: &[&str]) -> Proc {

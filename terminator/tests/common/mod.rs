@@ -129,3 +129,12 @@ pub fn get(s: &mut TcpStream, path: &str, buf: &mut Vec<u8>) -> Got {
         }
     }
 }
+
+/// A pyzmq bus service that answers as the request's path says
+/// (`support/status_service.py`: error frames, replies of any status,
+/// holds, exits), for the error and degradation tests.
+pub fn status_service() -> Proc {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/status_service.py");
+    testkit::python_service(&script, &["tcp://127.0.0.1:*"])
+}

@@ -7,7 +7,8 @@
 //! boxed both ways, keys authorised at the service), so the ratio of the
 //! two is what encryption costs.
 //!
-//! Run: `cargo bench -p bus --bench roundtrip` (SECS=5 by default per case).
+//! Run: `cargo bench -p bus --bench roundtrip` (SECS=5 by default per case;
+//! ONLY=raw|null|curve for one case, e.g. under `perf record`).
 
 use bus::curve::KeyPair;
 use bus::{Client, ClientOptions, Curve, Mechanism, Reply, Request, Service, ServiceOptions};
@@ -151,13 +152,22 @@ fn main() {
     }
     let d = secs();
     let mut rows = Vec::new();
+    // ONLY=raw|null|curve runs one case (for profiling it alone).
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let run = |case: &str| only.is_empty() || only == case;
     for round in 0..2 {
-        rows.push((format!("raw TCP echo (round {})", round + 1), raw(d)));
-        rows.push((format!("bus SDK call (round {})", round + 1), sdk(d, false)));
-        rows.push((
-            format!("bus SDK call, CURVE (round {})", round + 1),
-            sdk(d, true),
-        ));
+        if run("raw") {
+            rows.push((format!("raw TCP echo (round {})", round + 1), raw(d)));
+        }
+        if run("null") {
+            rows.push((format!("bus SDK call (round {})", round + 1), sdk(d, false)));
+        }
+        if run("curve") {
+            rows.push((
+                format!("bus SDK call, CURVE (round {})", round + 1),
+                sdk(d, true),
+            ));
+        }
     }
     println!("| case | calls/s | p50 µs | p99 µs |");
     println!("|---|---:|---:|---:|");

@@ -288,6 +288,9 @@ pub async fn run(
     let app = Arc::new(App::new(&args)?);
     let security = args.security.settings().unwrap_or_default();
     security.log("aggregator", true);
+    if let Err(e) = security.watch() {
+        tracing::warn!(error = %e, "--curve-authorized will not be reloaded: no watcher");
+    }
     let mut opts = ServiceOptions::new("aggregator", args.bus.clone());
     opts.max_in_flight = args.max_in_flight;
     opts.tuning.mechanism = security.server();

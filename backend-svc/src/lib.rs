@@ -210,6 +210,9 @@ pub async fn run(
     // Checked by `problems` before `run`; a test that skips it gets NULL.
     let security = args.security.settings().unwrap_or_default();
     security.log("backend-svc", true);
+    if let Err(e) = security.watch() {
+        tracing::warn!(error = %e, "--curve-authorized will not be reloaded: no watcher");
+    }
     let tuning = bus::Tuning {
         mechanism: security.server(),
         ..bus::Tuning::default()

@@ -157,25 +157,33 @@ impl KeyPair {
     }
 }
 
-/// Public keys allowed to connect to a service.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeySet(HashSet<PublicKey>);
+/// Public keys allowed to connect to a service. [`replace`](Self::replace)
+/// swaps the whole set at once (a reload of `--curve-authorized`): new
+/// handshakes see the new set, connections already made stay, as with
+/// libzmq's ZAP, which is asked once per handshake.
+#[derive(Debug, Default)]
+pub struct KeySet(arc_swap::ArcSwap<HashSet<PublicKey>>);
 
 impl KeySet {
     pub fn new(keys: impl IntoIterator<Item = PublicKey>) -> KeySet {
-        KeySet(keys.into_iter().collect())
+        KeySet(arc_swap::ArcSwap::from_pointee(keys.into_iter().collect()))
     }
 
     pub fn contains(&self, k: &PublicKey) -> bool {
-        self.0.contains(k)
+        self.0.load().contains(k)
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.load().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.load().is_empty()
+    }
+
+    /// Takes `other`'s keys in place of these.
+    pub fn replace(&self, other: KeySet) {
+        self.0.store(other.0.into_inner());
     }
 
     /// Every public key in `dir`, one per file (files whose names start
@@ -206,7 +214,7 @@ impl KeySet {
             }
         }
         if problems.is_empty() {
-            Ok(KeySet(keys))
+            Ok(KeySet::new(keys))
         } else {
             Err(problems)
         }
@@ -408,7 +416,8 @@ mod tests {
         assert_eq!(back.public, a.public);
         assert_eq!(back.secret.to_z85(), a.secret.to_z85());
         let set = KeySet::read_dir(&dir).unwrap();
-        assert_eq!(set, KeySet::new([a.public, b.public]));
+        assert_eq!(set.len(), 2);
+        assert!(set.contains(&a.public) && set.contains(&b.public));
         std::fs::write(dir.join("junk"), "not a key\n").unwrap();
         std::fs::write(dir.join("short"), "abc\n").unwrap();
         assert_eq!(KeySet::read_dir(&dir).unwrap_err().len(), 2);

@@ -11,7 +11,8 @@
 //! With `--admin-token FILE` ([`TokenArgs`]) every page but `/healthz` and
 //! `/readyz` (what orchestrators probe) needs `Authorization: Bearer
 //! TOKEN`, compared in constant time; without it the answer is 401 in the
-//! one error shape (`bus::Problem`). The port is bound to loopback by
+//! one error shape (`bus::Problem`). The token file is re-read when it
+//! changes and on SIGHUP (`crate::reload`). The port is bound to loopback by
 //! default; bound elsewhere without a token, the process warns at start.
 
 use bytes::Bytes;
@@ -19,8 +20,8 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 
 /// `--admin-token`, shared by every binary (`#[command(flatten)]`).
@@ -44,32 +45,60 @@ impl TokenArgs {
         let Some(p) = &self.admin_token else {
             return Ok(None);
         };
-        let text = std::fs::read(p).map_err(|e| format!("--admin-token {}: {e}", p.display()))?;
-        let t = text.trim_ascii();
-        if t.is_empty() {
-            return Err(format!("--admin-token {}: the file is empty", p.display()));
-        }
-        if !t.iter().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "--admin-token {}: the token must be printable ASCII without spaces",
-                p.display()
-            ));
-        }
-        Ok(Some(Token(t.into())))
+        let t = read_token(p)?;
+        Ok(Some(Token {
+            current: Arc::new(RwLock::new(t)),
+            file: p.clone(),
+        }))
     }
 }
 
-/// The admin bearer token. Its `Debug` does not show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(Arc<[u8]>);
+fn read_token(p: &Path) -> Result<Arc<[u8]>, String> {
+    let text = std::fs::read(p).map_err(|e| format!("--admin-token {}: {e}", p.display()))?;
+    let t = text.trim_ascii();
+    if t.is_empty() {
+        return Err(format!("--admin-token {}: the file is empty", p.display()));
+    }
+    if !t.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "--admin-token {}: the token must be printable ASCII without spaces",
+            p.display()
+        ));
+    }
+    Ok(t.into())
+}
+
+/// The admin bearer token, re-read when its file changes and on SIGHUP
+/// ([`Token::watch`]; a file that no longer holds a token keeps the old
+/// one). Its `Debug` does not show it.
+#[derive(Clone)]
+pub struct Token {
+    current: Arc<RwLock<Arc<[u8]>>>,
+    file: PathBuf,
+}
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(..)")
+        write!(f, "Token({})", self.file.display())
     }
 }
 
+impl PartialEq for Token {
+    fn eq(&self, other: &Token) -> bool {
+        self.file == other.file && *self.value() == *other.value()
+    }
+}
+
+impl Eq for Token {}
+
 impl Token {
+    fn value(&self) -> Arc<[u8]> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Whether an `Authorization` header value carries this token
     /// (`Bearer`, any case), compared in constant time.
     pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
@@ -81,7 +110,22 @@ impl Token {
             return false;
         }
         let given = v[7..].trim_ascii();
-        bool::from(given.ct_eq(&self.0))
+        bool::from(given.ct_eq(&self.value()))
+    }
+
+    /// Follows the file: a new token is in force within a second of being
+    /// written (or at once on SIGHUP), with no restart.
+    pub fn watch(&self) -> std::io::Result<()> {
+        let (file, f2, current) = (self.file.clone(), self.file.clone(), self.current.clone());
+        crate::reload::watch(
+            "admin token",
+            move || vec![crate::reload::stamp(&f2)],
+            move || {
+                let t = read_token(&file).map_err(|e| vec![e])?;
+                *current.write().unwrap_or_else(|e| e.into_inner()) = t;
+                Ok(file.display().to_string())
+            },
+        )
     }
 }
 
@@ -113,6 +157,11 @@ pub async fn serve_with(listener: TcpListener, admin: Arc<dyn Admin>, token: Opt
                 admin = %a,
                 "the admin port is reachable from other hosts and has no --admin-token: anyone who reaches it can read /stats"
             );
+        }
+    }
+    if let Some(t) = &token {
+        if let Err(e) = t.watch() {
+            tracing::warn!(error = %e, "the admin token will not be reloaded: no watcher");
         }
     }
     let mut backoff = crate::accept::Backoff::new("admin");
@@ -245,7 +294,18 @@ mod tests {
         assert!(!t.allows(Some(b"Bearer s3cret-toke")));
         assert!(!t.allows(Some(b"Basic s3cret-token")));
         assert!(!t.allows(None));
-        assert_eq!(format!("{t:?}"), "Token(..)");
+        assert!(!format!("{t:?}").contains("s3cret"), "{t:?}");
+
+        // Rotated by rewriting the file: in force with no restart.
+        t.watch().unwrap();
+        std::fs::write(&p, "rotated-token-2\n").unwrap();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !t.allows(Some(b"Bearer rotated-token-2")) {
+            assert!(std::time::Instant::now() < end, "the new token never took");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!t.allows(Some(b"Bearer s3cret-token")));
+
         std::fs::write(&p, "  \n").unwrap();
         let e = TokenArgs {
             admin_token: Some(p.clone()),

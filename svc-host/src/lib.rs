@@ -12,6 +12,8 @@
 //!   keys and who may connect.
 //! - [`process`]: the life of every binary, terminator included:
 //!   arguments, logging, statsd, listeners, runtime layout, exit code.
+//! - [`reload`]: files re-read on change and on SIGHUP (certificates,
+//!   authorised keys, the admin token), the old kept when a reload fails.
 //! - [`signal`]: SIGTERM/SIGINT, on which every binary drains.
 //! - [`init_tracing`]: logging, set up the same way everywhere.
 //! - [`parse_duration`]: `250ms`, `2s`, `1m`, `1h` in flags, env and files.
@@ -21,6 +23,7 @@ pub mod admin;
 pub mod flags;
 pub mod metrics;
 pub mod process;
+pub mod reload;
 pub mod security;
 pub mod signal;
 

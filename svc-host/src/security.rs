@@ -9,7 +9,7 @@
 
 use bus::curve::{self, KeyPair, KeySet, PublicKey};
 use bus::{Curve, Mechanism};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -42,6 +42,8 @@ pub enum BusSecurity {
         keys: KeyPair,
         /// `None`: any caller that knows our public key.
         authorized: Option<Arc<KeySet>>,
+        /// Where `authorized` was read from, for [`BusSecurity::watch`].
+        authorized_dir: Option<PathBuf>,
         server_key: Option<PublicKey>,
     },
 }
@@ -84,17 +86,10 @@ impl SecurityArgs {
         };
         let authorized = match self.curve_authorized.as_deref() {
             None => None,
-            Some(d) => match KeySet::read_dir(Path::new(d)) {
-                Ok(set) if set.is_empty() => {
-                    p.push(format!("--curve-authorized: no key files in {d}"));
-                    None
-                }
-                Ok(set) => Some(Arc::new(set)),
-                Err(es) => {
-                    p.extend(es.into_iter().map(|e| format!("--curve-authorized: {e}")));
-                    None
-                }
-            },
+            Some(d) => read_authorized(Path::new(d))
+                .map_err(|es| p.extend(es.into_iter().map(|e| format!("--curve-authorized: {e}"))))
+                .ok()
+                .map(Arc::new),
         };
         let server_key = match self.curve_server_key.as_deref() {
             None => None,
@@ -106,6 +101,7 @@ impl SecurityArgs {
             Some(keys) if p.is_empty() => Ok(BusSecurity::Curve {
                 keys,
                 authorized,
+                authorized_dir: self.curve_authorized.as_deref().map(PathBuf::from),
                 server_key,
             }),
             _ => Err(p),
@@ -113,7 +109,44 @@ impl SecurityArgs {
     }
 }
 
+/// Every key in `dir`, refusing a directory with none (a service nobody
+/// may call is a mistake, not a policy).
+fn read_authorized(dir: &Path) -> Result<KeySet, Vec<String>> {
+    match KeySet::read_dir(dir) {
+        Ok(set) if set.is_empty() => Err(vec![format!("no key files in {}", dir.display())]),
+        Ok(set) => Ok(set),
+        Err(es) => Err(es.into_iter().map(|e| e.to_string()).collect()),
+    }
+}
+
 impl BusSecurity {
+    /// Re-reads `--curve-authorized` when a file in it changes and on
+    /// SIGHUP ([`crate::reload`]): rotating a caller's key is adding the
+    /// new key file, moving the caller over, then removing the old file,
+    /// with no restart. Connections already made stay; a directory that no
+    /// longer reads (a bad file, no keys) keeps the previous set.
+    pub fn watch(&self) -> std::io::Result<()> {
+        let BusSecurity::Curve {
+            authorized: Some(set),
+            authorized_dir: Some(dir),
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let (set, dir, d2) = (set.clone(), dir.clone(), dir.clone());
+        crate::reload::watch(
+            "CURVE authorised keys",
+            move || crate::reload::dir_stamps(&d2),
+            move || {
+                let new = read_authorized(&dir)?;
+                let n = new.len();
+                set.replace(new);
+                Ok(format!("{n} key(s) from {}", dir.display()))
+            },
+        )
+    }
+
     /// For what this process serves: its service and events publisher.
     pub fn server(&self) -> Mechanism {
         match self {
@@ -239,15 +272,40 @@ mod tests {
             keys,
             authorized,
             server_key,
+            ..
         } = &s
         else {
             panic!("{s:?}")
         };
         assert_eq!(keys.public, me.public);
-        assert!(authorized.as_ref().unwrap().contains(&caller.public));
+        let set = authorized.clone().unwrap();
+        assert!(set.contains(&caller.public));
         assert_eq!(*server_key, Some(me.public));
         assert_eq!(s.public_key(), Some(server));
         assert!(matches!(s.server(), Mechanism::Curve(_)));
+
+        // Rotation without a restart: the new key is added, then the old
+        // one removed, and the running set follows the directory.
+        s.watch().unwrap();
+        let next = KeyPair::generate();
+        next.write_files(&auth, "caller-next").unwrap();
+        let until = |what: &str, f: &dyn Fn() -> bool| {
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !f() {
+                assert!(std::time::Instant::now() < end, "{what}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        until("the added key is authorised", &|| {
+            set.contains(&next.public)
+        });
+        assert!(set.contains(&caller.public), "both keys during the change");
+        std::fs::remove_file(auth.join("caller.key")).unwrap();
+        std::fs::remove_file(auth.join("caller.key_secret")).unwrap();
+        until("the removed key is refused", &|| {
+            !set.contains(&caller.public)
+        });
+        assert!(set.contains(&next.public));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -242,6 +242,9 @@ struct File {
     tls_key: Vec<PathBuf>,
     https: Option<String>,
     admin_token: Option<PathBuf>,
+    bus_security: Option<String>,
+    curve_secret: Option<String>,
+    curve_server_key: Option<String>,
 }
 
 /// Parses `250ms`, `5s`, `2m`, `1h`.
@@ -474,7 +477,13 @@ impl Settings {
             Ok(m) => s.metrics = m,
             Err(p) => errors.extend(p),
         }
-        match args.security.settings() {
+        let security = svc_host::security::SecurityArgs {
+            bus_security: args.security.bus_security.or(file.bus_security),
+            curve_secret: args.security.curve_secret.or(file.curve_secret),
+            curve_authorized: args.security.curve_authorized,
+            curve_server_key: args.security.curve_server_key.or(file.curve_server_key),
+        };
+        match security.settings() {
             Ok(b) => s.bus_security = b,
             Err(p) => errors.extend(p),
         }
@@ -636,6 +645,48 @@ mod tests {
         assert_eq!(s.timeout, Duration::from_secs(3));
         assert_eq!(s.max_body, 10);
         assert_eq!(s.routes[0].timeout, Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn bus_security_from_the_file_and_the_flag_over_it() {
+        let dir = std::env::temp_dir().join(format!("sb-cfg-sec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = bus::curve::KeyPair::generate();
+        let server = bus::curve::KeyPair::generate();
+        me.write_files(&dir, "me").unwrap();
+        let p = dir.join("t.toml");
+        let secret = dir.join("me.key_secret");
+        std::fs::write(
+            &p,
+            format!(
+                "bus_security = \"curve\"\ncurve_secret = {:?}\ncurve_server_key = \"{}\"\n",
+                secret.to_str().unwrap(),
+                server.public.to_z85()
+            ),
+        )
+        .unwrap();
+        let s = Settings::load(Args {
+            config: Some(p.clone()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(s.bus_security.public_key(), Some(me.public.to_z85()));
+        // The flag wins over the file.
+        let s = Settings::load(Args {
+            config: Some(p),
+            security: svc_host::security::SecurityArgs {
+                bus_security: Some("off".into()),
+                ..Default::default()
+            },
+            ..Args::default()
+        });
+        let e = s.unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.contains("only with --bus-security curve")),
+            "{e:?}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

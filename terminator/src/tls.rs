@@ -21,13 +21,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
-/// How often the certificate files are checked for a change.
-pub const POLL: Duration = Duration::from_secs(1);
 
 /// One certificate chain and its private key, as PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,81 +172,28 @@ impl Tls {
         Ok(())
     }
 
-    fn stamps(&self) -> Vec<Option<(SystemTime, u64)>> {
-        self.files
-            .iter()
-            .flat_map(|f| [&f.cert, &f.key])
-            .map(|p| stamp(p))
-            .collect()
-    }
-
-    /// Reloads on SIGHUP and when a file changes (checked every [`POLL`]),
-    /// on a thread of its own for the life of the process. The SIGHUP
-    /// handler is in place when this returns.
+    /// Reloads on SIGHUP and when a file changes ([`svc_host::reload`]).
     pub fn watch(self: Arc<Self>) -> std::io::Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let mut hup = {
-            let _in = rt.enter();
-            signal(SignalKind::hangup())?
-        };
-        std::thread::Builder::new()
-            .name("tls-reload".into())
-            .spawn(move || {
-                rt.block_on(async move {
-                    let mut seen = self.stamps();
-                    let mut last_error: Option<Vec<String>> = None;
-                    let mut tick = tokio::time::interval(POLL);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        let cause = tokio::select! {
-                            _ = hup.recv() => "SIGHUP",
-                            _ = tick.tick() => "files changed",
-                        };
-                        let now = self.stamps();
-                        if cause != "SIGHUP" && now == seen {
-                            continue;
-                        }
-                        seen = now;
-                        match self.reload() {
-                            Ok(()) => {
-                                last_error = None;
-                                tracing::info!(cause, "tls certificates reloaded");
-                            }
-                            Err(e) => {
-                                // Once per distinct problem: a file being
-                                // replaced is retried every second quietly.
-                                if last_error.as_ref() != Some(&e) {
-                                    tracing::warn!(
-                                        cause,
-                                        problems = %e.join("; "),
-                                        "tls certificates not reloaded; still serving the previous ones"
-                                    );
-                                }
-                                last_error = Some(e);
-                                // Check again next tick even if nothing
-                                // changes (the other half of a pair may be
-                                // written in the same instant).
-                                seen = Vec::new();
-                            }
-                        }
-                    }
-                })
-            })?;
-        Ok(())
+        let files: Vec<PathBuf> = self
+            .files
+            .iter()
+            .flat_map(|f| [f.cert.clone(), f.key.clone()])
+            .collect();
+        svc_host::reload::watch(
+            "tls certificates",
+            move || files.iter().map(|p| svc_host::reload::stamp(p)).collect(),
+            move || {
+                self.reload()?;
+                Ok(format!("{} certificate(s)", self.files.len()))
+            },
+        )
     }
-}
-
-fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.ino()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn pair(dir: &Path, name: &str, sans: &[&str]) -> CertFiles {
         let c = rcgen::generate_simple_self_signed(

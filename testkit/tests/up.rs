@@ -80,12 +80,41 @@ fn exe_name(pid: u32) -> String {
 
 #[test]
 fn scripts_up_serves_the_stack_and_sigint_stops_every_process() {
+    up_serves_and_sigint_stops_it(&[], "plain", |_, _| {});
+}
+
+/// `scripts/up --curve`: keys made into the data directory's parent, the
+/// same requests served, and the bus refuses a NULL peer.
+#[test]
+fn scripts_up_curve_serves_the_stack_with_an_encrypted_bus() {
+    testkit::bin("bus-keygen");
+    up_serves_and_sigint_stops_it(&["--curve"], "curve", |base, data| {
+        let keys = data.parent().unwrap().join("keys");
+        for f in [
+            "terminator.key",
+            "aggregator.key_secret",
+            "authorized-backend/aggregator.key",
+        ] {
+            assert!(keys.join(f).is_file(), "{} missing", keys.join(f).display());
+        }
+        // A NULL greeting to the aggregator: the CURVE service hangs up.
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", base + 100)).unwrap();
+        std::io::Write::write_all(&mut s, &bus::zmtp::greeting::encode("NULL", false)).unwrap();
+        assert!(
+            testkit::zmtp::closed_within(&mut s, Duration::from_secs(10)),
+            "the aggregator took a NULL peer under --curve"
+        );
+    });
+}
+
+fn up_serves_and_sigint_stops_it(args: &[&str], tag: &str, check: impl Fn(u16, &Path)) {
     let bin_dir = testkit::bin("terminator").parent().unwrap().to_path_buf();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let data = tempfile_dir();
+    let data = tempfile_dir(tag).join("backend");
     let base = free_base();
     let mut up = Command::new("bash")
         .arg(root.join("scripts/up"))
+        .args(args)
         .env("UP_PORT_BASE", base.to_string())
         .env("SWITCHBOARD_BIN_DIR", &bin_dir)
         .env("SWITCHBOARD_DATA_DIR", &data)
@@ -130,6 +159,7 @@ fn scripts_up_serves_the_stack_and_sigint_stops_every_process() {
         curl("GET", &format!("{http}/kv/up-test"), None).text(),
         "from scripts/up"
     );
+    check(base, &data);
 
     let stack: Vec<(u32, String)> = descendants(up.id())
         .into_iter()
@@ -170,11 +200,11 @@ fn scripts_up_serves_the_stack_and_sigint_stops_every_process() {
             base + o
         );
     }
-    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(data.parent().unwrap());
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("switchboard-up-{}", std::process::id()));
+fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("switchboard-up-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

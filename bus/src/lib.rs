@@ -47,7 +47,7 @@ pub mod tuning;
 pub mod wire;
 pub mod zmtp;
 
-pub use client::{Client, ClientOptions, ClientStats, Instance, RetryBudget};
+pub use client::{CallTrace, Client, ClientOptions, ClientStats, Instance, RetryBudget};
 pub use error::{CallError, SetupError};
 pub use events::{Publisher, Subscriber};
 pub use problem::Problem;

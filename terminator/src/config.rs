@@ -94,6 +94,8 @@ pub struct Settings {
     pub https: Option<SocketAddr>,
     /// Bearer token for the admin pages other than /healthz and /readyz.
     pub admin_token: Option<svc_host::admin::Token>,
+    /// `--access-log`: where one JSON line per request goes; None: off.
+    pub access_log: Option<crate::access_log::Target>,
 }
 
 impl Default for Settings {
@@ -128,6 +130,7 @@ impl Default for Settings {
             tls: Vec::new(),
             https: None,
             admin_token: None,
+            access_log: None,
         }
     }
 }
@@ -215,6 +218,16 @@ pub struct Args {
     pub https: Option<String>,
     #[command(flatten)]
     pub admin_token: svc_host::admin::TokenArgs,
+    /// One JSON line per request to `stdout` or a FILE (appended to,
+    /// reopened on SIGHUP), written off the request path: when the writer
+    /// falls behind, lines are dropped and counted, never requests slowed;
+    /// `off` [default: off]
+    #[arg(
+        long = "access-log",
+        value_name = "stdout|FILE|off",
+        env = "SWITCHBOARD_ACCESS_LOG"
+    )]
+    pub access_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +255,7 @@ struct File {
     tls_key: Vec<PathBuf>,
     https: Option<String>,
     admin_token: Option<PathBuf>,
+    access_log: Option<String>,
     bus_security: Option<String>,
     curve_secret: Option<String>,
     curve_server_key: Option<String>,
@@ -563,6 +577,14 @@ impl Settings {
             errors.push("https: needs --tls-cert and --tls-key".into());
         }
         s.https = https;
+        pick(
+            "access_log",
+            args.access_log,
+            file.access_log,
+            crate::access_log::Target::parse,
+            &mut s.access_log,
+            &mut errors,
+        );
         let token_args = svc_host::admin::TokenArgs {
             admin_token: args.admin_token.admin_token.or(file.admin_token),
         };

@@ -221,6 +221,11 @@ impl ShardConns {
         let id = self.table.add(st.clone());
         let open = OpenConnection::new(&self.edge.metrics);
         let (edge, draining, svc_st) = (self.edge.clone(), self.draining.clone(), st.clone());
+        // One getpeername per connection, and only for the access log.
+        let peer = edge
+            .access_log
+            .as_ref()
+            .and_then(|_| stream.peer_addr().ok());
         let svc = service_fn(move |req: Request<Incoming>| {
             let (edge, draining, st) = (edge.clone(), draining.clone(), svc_st.clone());
             async move {
@@ -229,7 +234,7 @@ impl ShardConns {
                     st.h2.store(true, Ordering::Relaxed);
                 }
                 let _busy = Busy::new(&st);
-                let mut res = proxy::handle(&edge, req).await?;
+                let mut res = proxy::handle(&edge, req, peer).await?;
                 if h1 && draining.load(Ordering::SeqCst) {
                     // hyper closes the connection once this is written.
                     res.headers_mut()

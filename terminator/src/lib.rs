@@ -12,6 +12,8 @@
 //! - [`upstream`]: per service, process-wide: the limiter and the retry
 //!   budget every shard's bus client shares.
 //! - [`metrics`]: counters and latency histograms per route and class.
+//! - [`access_log`]: `--access-log`, one JSON line per request, written by
+//!   a thread of its own from a bounded queue.
 //! - [`request_id`]: accept or generate `x-request-id`.
 //! - [`conn`]: one HTTP connection from accept to close: idle timeout,
 //!   the connection cap, what a drain does to it, the TLS handshake.
@@ -25,6 +27,7 @@
 //! `main` is the process skeleton all three binaries share
 //! (`svc_host::Process`).
 
+pub mod access_log;
 pub mod admission;
 pub mod config;
 pub mod conn;
@@ -91,6 +94,16 @@ pub fn main() -> ExitCode {
         }
         shared.tls = Some(tls);
     }
+    if let Some(t) = &settings.access_log {
+        match access_log::AccessLog::open(t.clone(), shared.upstreams.versions.clone()) {
+            Ok(l) => shared.access_log = Some(l),
+            Err(e) => {
+                eprintln!("terminator: --access-log: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let access = shared.access_log.clone();
     // The one machine-readable line through which scripts and tests using
     // port 0 learn the real ports.
     let addr =
@@ -114,7 +127,7 @@ pub fn main() -> ExitCode {
         config::RuntimeKind::Shared => Layout::Shared(Some(settings.threads)),
     };
     settings.bus_security.log("terminator", false);
-    process.run(layout, admin, move |shard| {
+    let code = process.run(layout, admin, move |shard| {
         let (settings, shared) = (settings.clone(), shared.clone());
         let http = http.try_clone();
         let https = https.as_ref().map(|l| l.try_clone());
@@ -129,5 +142,12 @@ pub fn main() -> ExitCode {
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))
         }
-    })
+    });
+    // The drain is over: write what the last requests logged.
+    if let Some(l) = access {
+        if !l.flush(std::time::Duration::from_secs(5)) {
+            eprintln!("terminator: the access log could not be flushed at exit");
+        }
+    }
+    code
 }

@@ -29,6 +29,15 @@ pub struct Edge {
     pub max_in_flight: usize,
     /// Shared by every shard of the process.
     pub in_flight: std::sync::Arc<AtomicUsize>,
+    /// `--access-log`; None: off, and nothing below is spent on it.
+    pub access_log: Option<std::sync::Arc<crate::access_log::AccessLog>>,
+}
+
+/// What the request path learnt for the access log.
+#[derive(Default)]
+struct Seen {
+    bytes_in: u64,
+    call: bus::CallTrace,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the bus.
@@ -55,7 +64,12 @@ impl Drop for InFlight<'_> {
     }
 }
 
-pub async fn handle<B>(edge: &Edge, req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible>
+/// `peer`: the client's address, for the access log (None when it is off).
+pub async fn handle<B>(
+    edge: &Edge,
+    req: Request<B>,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Response<Full<Bytes>>, Infallible>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -67,14 +81,21 @@ where
         .cloned()
         .unwrap_or_else(request_id::generate);
     let started = Instant::now();
+    let wall = edge
+        .access_log
+        .as_ref()
+        .map(|_| std::time::SystemTime::now());
     let target = edge.routes.find(req.uri().path());
-    // Kept for the error log only: cloning shares the buffers, where
+    // Kept for the logs only: cloning shares the buffers, where
     // `path().to_string()` allocated on every request.
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let res = match forward(edge, req, &rid, target.as_deref()).await {
+    let mut seen = Seen::default();
+    let mut shed = false;
+    let res = match forward(edge, req, &rid, target.as_deref(), &mut seen).await {
         Ok(r) => r,
         Err(e) => {
+            shed = matches!(e, EdgeError::Shed);
             let rid_s = rid.to_str().unwrap_or("");
             let path = uri.path();
             match e.source() {
@@ -94,11 +115,29 @@ where
             rescue(&e, &rid)
         }
     };
+    let took = started.elapsed();
     edge.metrics.observe(
         res.status().as_u16(),
-        started.elapsed(),
+        took,
         target.as_deref().map(|t| &*t.hists),
     );
+    if let (Some(log), Some(time)) = (&edge.access_log, wall) {
+        log.log(crate::access_log::Record {
+            time,
+            request_id: rid,
+            client: peer,
+            method,
+            uri,
+            status: res.status().as_u16(),
+            bytes_in: seen.bytes_in,
+            bytes_out: crate::access_log::body_len(res.body()),
+            duration: took,
+            service: target.as_ref().map(|t| t.service.clone()),
+            instance: seen.call.instance,
+            retries: seen.call.retries,
+            shed,
+        });
+    }
     Ok(res)
 }
 
@@ -201,6 +240,7 @@ async fn forward<B>(
     req: Request<B>,
     rid: &HeaderValue,
     target: Option<&Target>,
+    seen: &mut Seen,
 ) -> Result<Response<Full<Bytes>>, EdgeError>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -240,6 +280,7 @@ where
         }
         Err(_) => return Err(EdgeError::Malformed("body could not be read")),
     };
+    seen.bytes_in = body.len() as u64;
     let path = parts
         .uri
         .path_and_query()
@@ -267,11 +308,10 @@ where
         .limiter
         .try_acquire()
         .ok_or(EdgeError::Shed)?;
-    let reply = if idempotent(&parts.method) {
-        target.client.call_idempotent(bus_req, deadline).await
-    } else {
-        target.client.call(bus_req, deadline).await
-    };
+    let reply = target
+        .client
+        .call_traced(bus_req, deadline, idempotent(&parts.method), &mut seen.call)
+        .await;
     // A reply or the deadline measures the service; a failure at once
     // (no instance, a full queue) says nothing of its latency.
     if matches!(

@@ -40,6 +40,8 @@ pub struct Shared {
     pub conns: Arc<ConnTable>,
     /// The TLS configuration (`--tls-cert`), shared and reloaded in place.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// `--access-log`: one writer for the process.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 impl Shared {
@@ -52,6 +54,7 @@ impl Shared {
             shards: Default::default(),
             conns: Default::default(),
             tls: None,
+            access_log: None,
         }
     }
 }
@@ -127,6 +130,7 @@ pub async fn serve_listeners(
         max_in_flight: settings.max_in_flight,
         in_flight: shared.in_flight.clone(),
         metrics,
+        access_log: shared.access_log.clone(),
     });
     let draining = shared.draining.clone();
     let admin_task = admin.map(|admin| {

@@ -33,6 +33,9 @@ pub struct Policy {
 pub struct Upstreams {
     policy: Policy,
     map: Mutex<BTreeMap<String, Arc<Upstream>>>,
+    /// Each registered instance's version, by endpoint, from discovery:
+    /// for the access log (read off the request path).
+    pub versions: crate::access_log::Versions,
 }
 
 impl Upstreams {
@@ -40,6 +43,7 @@ impl Upstreams {
         let u = Arc::new(Upstreams {
             policy,
             map: Mutex::new(BTreeMap::new()),
+            versions: Default::default(),
         });
         telemetry::register(&u);
         u

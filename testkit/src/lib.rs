@@ -104,6 +104,8 @@ pub struct Proc {
     child: Option<Child>,
     fields: HashMap<String, String>,
     log: PathBuf,
+    /// Stdout after the listening line (the first MiB).
+    rest: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Proc {
@@ -135,14 +137,24 @@ impl Proc {
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let rest = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = rest.clone();
         std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
             let mut line = String::new();
             let _ = r.read_line(&mut line);
             let _ = tx.send(line);
             // Keep draining so the child never blocks on a full pipe.
-            let mut sink = Vec::new();
-            let _ = r.read_to_end(&mut sink);
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = r.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                let mut k = kept.lock().unwrap();
+                if k.len() < 1 << 20 {
+                    k.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+            }
         });
         let line = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(l) if l.contains("listening") => l,
@@ -163,6 +175,7 @@ impl Proc {
             child: Some(child),
             fields,
             log,
+            rest,
         }
     }
 
@@ -203,6 +216,11 @@ impl Proc {
         let _ = c.kill();
         let _ = c.wait();
         None
+    }
+
+    /// What the process wrote on stdout after its listening line, so far.
+    pub fn stdout(&self) -> String {
+        self.rest.lock().unwrap().clone()
     }
 
     /// What the process wrote on stderr so far.

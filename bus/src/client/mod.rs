@@ -317,7 +317,8 @@ impl Client {
     /// instance, within the deadline and the retry budget
     /// ([`ClientOptions::retry_budget`]). A timeout is never retried.
     pub async fn call(&self, req: Request, deadline: Instant) -> Result<Reply, CallError> {
-        self.call_with(req, deadline, false).await
+        self.call_traced(req, deadline, false, &mut CallTrace::default())
+            .await
     }
 
     /// [`call`](Self::call) for a request that may safely run twice (an
@@ -328,14 +329,19 @@ impl Client {
         req: Request,
         deadline: Instant,
     ) -> Result<Reply, CallError> {
-        self.call_with(req, deadline, true).await
+        self.call_traced(req, deadline, true, &mut CallTrace::default())
+            .await
     }
 
-    async fn call_with(
+    /// [`call`](Self::call) (`idempotent`: [`call_idempotent`](Self::call_idempotent))
+    /// that also says, in `trace`, which instance the last attempt went to
+    /// and how many times the call was retried: for an access log.
+    pub async fn call_traced(
         &self,
         mut req: Request,
         deadline: Instant,
         idempotent: bool,
+        trace: &mut CallTrace,
     ) -> Result<Reply, CallError> {
         let sh = &self.shared;
         let c = &sh.counters;
@@ -360,6 +366,7 @@ impl Client {
         // Instances already tried; no allocation unless a call is retried.
         let mut tried: Vec<u64> = Vec::new();
         loop {
+            trace.instance = Some(inst.clone());
             let e = match self.attempt(&mut req, deadline, &inst).await {
                 Attempt::Done(r) => return r,
                 Attempt::NotSent(e) => e,
@@ -381,6 +388,7 @@ impl Client {
                 return Err(e);
             }
             c.retries.fetch_add(1, Ordering::Relaxed);
+            trace.retries += 1;
             inst = next;
         }
     }
@@ -453,6 +461,15 @@ impl Client {
             r => Attempt::Done(r),
         }
     }
+}
+
+/// Where a call went: filled in by [`Client::call_traced`].
+#[derive(Debug, Default, Clone)]
+pub struct CallTrace {
+    /// The instance of the last attempt; `None` if none was tried.
+    pub instance: Option<Arc<Instance>>,
+    /// Attempts after the first.
+    pub retries: u32,
 }
 
 /// How one attempt ended, and whether the call may go to another instance.

@@ -81,10 +81,6 @@ where
         .cloned()
         .unwrap_or_else(request_id::generate);
     let started = Instant::now();
-    let wall = edge
-        .access_log
-        .as_ref()
-        .map(|_| std::time::SystemTime::now());
     let target = edge.routes.find(req.uri().path());
     // Kept for the logs only: cloning shares the buffers, where
     // `path().to_string()` allocated on every request.
@@ -121,9 +117,9 @@ where
         took,
         target.as_deref().map(|t| &*t.hists),
     );
-    if let (Some(log), Some(time)) = (&edge.access_log, wall) {
+    if let Some(log) = &edge.access_log {
         log.log(crate::access_log::Record {
-            time,
+            started: started.into_std(),
             request_id: rid,
             client: peer,
             method,

@@ -72,6 +72,9 @@ pub struct Flags {
     pub discovery: discovery::EtcdArgs,
 
     #[command(flatten)]
+    pub version: discovery::VersionArgs,
+
+    #[command(flatten)]
     pub metrics: svc_host::metrics::MetricsArgs,
 
     #[command(flatten)]
@@ -96,6 +99,8 @@ pub struct Args {
     pub max_in_flight: usize,
     pub grace: Duration,
     pub discovery: discovery::EtcdArgs,
+    /// `--service-version`: what this instance registers.
+    pub version: discovery::VersionArgs,
     pub metrics: svc_host::metrics::MetricsArgs,
     pub security: svc_host::security::SecurityArgs,
     pub runtime: svc_host::RuntimeArgs,
@@ -153,6 +158,7 @@ impl Args {
             ),
             grace: p.get("--grace", f.grace.as_deref(), DEFAULT_GRACE, duration),
             discovery: f.discovery,
+            version: f.version,
             metrics: f.metrics,
             security: f.security,
             runtime: f.runtime,
@@ -171,6 +177,9 @@ impl Args {
             p.push(format!("--events: {e}"));
         }
         if let Err(e) = self.runtime.threads() {
+            p.push(e);
+        }
+        if let Err(e) = self.version.version(env!("CARGO_PKG_VERSION")) {
             p.push(e);
         }
         if let Err(e) = self.discovery.options() {
@@ -260,7 +269,11 @@ pub async fn run(
                 .unwrap_or_default(),
             // Reached through the aggregator, never routed from HTTP.
             routes: Vec::new(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            // Checked by `problems` before `run`.
+            version: args
+                .version
+                .version(env!("CARGO_PKG_VERSION"))
+                .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").into()),
             started_at: discovery::registration::now_unix(),
             draining: false,
             curve_key: security.public_key(),

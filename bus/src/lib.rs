@@ -47,7 +47,9 @@ pub mod tuning;
 pub mod wire;
 pub mod zmtp;
 
-pub use client::{CallTrace, Client, ClientOptions, ClientStats, Instance, RetryBudget};
+pub use client::{
+    CallTrace, Client, ClientOptions, ClientStats, Instance, RetryBudget, Route, Weights,
+};
 pub use error::{CallError, SetupError};
 pub use events::{Publisher, Subscriber};
 pub use problem::Problem;

@@ -207,3 +207,60 @@ mod tests {
         );
     }
 }
+
+/// `--service-version`, on every service process (`#[command(flatten)]`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct VersionArgs {
+    /// The version this instance registers (letters, digits, `.`, `-`, `_`,
+    /// `+`; at most 64): callers' traffic policies weigh, pin and mirror by
+    /// it, and the access log names it [default: the binary's version]
+    #[arg(
+        long = "service-version",
+        value_name = "LABEL",
+        env = "SWITCHBOARD_SERVICE_VERSION"
+    )]
+    pub service_version: Option<String>,
+}
+
+impl VersionArgs {
+    /// The label, `default` without the flag, or the problem.
+    pub fn version(&self, default: &str) -> Result<String, String> {
+        let Some(v) = &self.service_version else {
+            return Ok(default.to_string());
+        };
+        let ok = !v.is_empty()
+            && v.len() <= 64
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b));
+        if ok {
+            Ok(v.clone())
+        } else {
+            Err(format!(
+                "--service-version: {v:?} must be 1-64 letters, digits, `.`, `-`, `_` or `+`"
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        let v = |s: Option<&str>| {
+            VersionArgs {
+                service_version: s.map(Into::into),
+            }
+            .version("0.1.0")
+        };
+        assert_eq!(v(None), Ok("0.1.0".into()));
+        assert_eq!(v(Some("v2.1-rc1+build.7")), Ok("v2.1-rc1+build.7".into()));
+        for bad in ["", "has space", "slash/no", &"x".repeat(65)] {
+            assert!(
+                v(Some(bad)).unwrap_err().contains("--service-version"),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -26,7 +26,7 @@ pub mod registrar;
 pub mod registration;
 pub mod watcher;
 
-pub use args::{EtcdArgs, DEREGISTER_SETTLE};
+pub use args::{EtcdArgs, VersionArgs, DEREGISTER_SETTLE};
 pub use registrar::Registrar;
 pub use registration::Registration;
 pub use watcher::{Snapshot, Watcher};

@@ -96,6 +96,8 @@ pub struct Settings {
     pub admin_token: Option<svc_host::admin::Token>,
     /// `--access-log`: where one JSON line per request goes; None: off.
     pub access_log: Option<crate::access_log::Target>,
+    /// `--policy`: traffic policies by service (checked at load).
+    pub policy: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -131,6 +133,7 @@ impl Default for Settings {
             https: None,
             admin_token: None,
             access_log: None,
+            policy: None,
         }
     }
 }
@@ -228,6 +231,11 @@ pub struct Args {
         env = "SWITCHBOARD_ACCESS_LOG"
     )]
     pub access_log: Option<String>,
+    /// Traffic policy per service, JSON: weights by version and pinning by
+    /// header or cookie (docs/operations.md); re-read when it changes and
+    /// on SIGHUP [default: none: every instance alike]
+    #[arg(long = "policy", value_name = "FILE", env = "SWITCHBOARD_POLICY")]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +264,7 @@ struct File {
     https: Option<String>,
     admin_token: Option<PathBuf>,
     access_log: Option<String>,
+    policy: Option<PathBuf>,
     bus_security: Option<String>,
     curve_secret: Option<String>,
     curve_server_key: Option<String>,
@@ -585,6 +594,12 @@ impl Settings {
             &mut s.access_log,
             &mut errors,
         );
+        s.policy = args.policy.or(file.policy);
+        if let Some(p) = &s.policy {
+            if let Err(e) = crate::policy::read(p) {
+                errors.extend(e.into_iter().map(|e| format!("policy: {e}")));
+            }
+        }
         let token_args = svc_host::admin::TokenArgs {
             admin_token: args.admin_token.admin_token.or(file.admin_token),
         };

@@ -12,6 +12,7 @@
 //! - [`upstream`]: per service, process-wide: the limiter and the retry
 //!   budget every shard's bus client shares.
 //! - [`metrics`]: counters and latency histograms per route and class.
+//! - [`policy`]: `--policy`: weights by version and pinning, per service.
 //! - [`access_log`]: `--access-log`, one JSON line per request, written by
 //!   a thread of its own from a bounded queue.
 //! - [`request_id`]: accept or generate `x-request-id`.
@@ -32,6 +33,7 @@ pub mod admission;
 pub mod config;
 pub mod conn;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod registry;
 pub mod request_id;
@@ -101,6 +103,14 @@ pub fn main() -> ExitCode {
                 eprintln!("terminator: --access-log: {e}");
                 return ExitCode::FAILURE;
             }
+        }
+    }
+    if let Some(p) = &settings.policy {
+        if let Err(problems) = shared.policies.follow(p.clone()) {
+            for p in problems {
+                eprintln!("terminator: policy: {p}");
+            }
+            return ExitCode::from(2);
         }
     }
     let access = shared.access_log.clone();

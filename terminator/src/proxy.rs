@@ -31,6 +31,8 @@ pub struct Edge {
     pub in_flight: std::sync::Arc<AtomicUsize>,
     /// `--access-log`; None: off, and nothing below is spent on it.
     pub access_log: Option<std::sync::Arc<crate::access_log::AccessLog>>,
+    /// `--policy`: weights and pins by version, per service.
+    pub policies: std::sync::Arc<crate::policy::Policies>,
 }
 
 /// What the request path learnt for the access log.
@@ -304,9 +306,23 @@ where
         .limiter
         .try_acquire()
         .ok_or(EdgeError::Shed)?;
+    let policy = edge.policies.get(target.service.as_str());
+    let route = match &policy {
+        None => bus::Route::default(),
+        Some(p) => bus::Route {
+            version: p.pinned(&parts.headers),
+            weights: p.weights.as_ref(),
+        },
+    };
     let reply = target
         .client
-        .call_traced(bus_req, deadline, idempotent(&parts.method), &mut seen.call)
+        .call_traced(
+            bus_req,
+            deadline,
+            idempotent(&parts.method),
+            route,
+            &mut seen.call,
+        )
         .await;
     // A reply or the deadline measures the service; a failure at once
     // (no instance, a full queue) says nothing of its latency.
@@ -316,7 +332,13 @@ where
     ) {
         permit.measured();
     }
-    to_response(reply?, rid)
+    let mut res = to_response(reply?, rid)?;
+    if let Some(v) = seen.call.instance.as_ref().and_then(|i| i.version()) {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            res.headers_mut().insert("x-switchboard-version", v);
+        }
+    }
+    Ok(res)
 }
 
 fn to_response(reply: bus::Reply, rid: &HeaderValue) -> Result<Response<Full<Bytes>>, EdgeError> {

@@ -195,9 +195,19 @@ impl Follower {
                     }
                 })
                 .collect();
+            let versions: Vec<(&str, Option<&str>)> = regs
+                .iter()
+                .map(|r| {
+                    (
+                        r.bus.as_str(),
+                        Some(r.version.as_str()).filter(|v| !v.is_empty()),
+                    )
+                })
+                .collect();
             match self.clients.get(*service) {
                 Some(c) => {
                     let _ = c.set_endpoints_with_keys(&eps);
+                    c.set_versions(&versions);
                 }
                 None => {
                     let upstream = self.routes.upstream(service);
@@ -208,6 +218,7 @@ impl Follower {
                     match Client::connect(o) {
                         Ok(c) => {
                             let _ = c.set_endpoints_with_keys(&eps);
+                            c.set_versions(&versions);
                             self.clients.insert(service.to_string(), c);
                         }
                         Err(e) => {

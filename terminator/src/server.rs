@@ -42,6 +42,8 @@ pub struct Shared {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// `--access-log`: one writer for the process.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// `--policy`: traffic policies by service, reloaded in place.
+    pub policies: Arc<crate::policy::Policies>,
 }
 
 impl Shared {
@@ -55,6 +57,7 @@ impl Shared {
             conns: Default::default(),
             tls: None,
             access_log: None,
+            policies: Default::default(),
         }
     }
 }
@@ -131,6 +134,7 @@ pub async fn serve_listeners(
         in_flight: shared.in_flight.clone(),
         metrics,
         access_log: shared.access_log.clone(),
+        policies: shared.policies.clone(),
     });
     let draining = shared.draining.clone();
     let admin_task = admin.map(|admin| {
@@ -295,6 +299,13 @@ impl svc_host::admin::Admin for AdminPages {
     fn ready(&self) -> (bool, String) {
         let (status, body) = readiness(&self.edge, &self.draining, &self.shards.lock());
         (status == StatusCode::OK, body.to_string())
+    }
+
+    fn page(&self, path: &str) -> Option<svc_host::admin::Page> {
+        match path {
+            "/policy" => Some((StatusCode::OK, self.edge.policies.page().to_string())),
+            _ => None,
+        }
     }
 }
 

@@ -24,7 +24,7 @@ mod pick;
 mod retry;
 mod stats;
 
-pub use pick::Instance;
+pub use pick::{Instance, Route, Weights};
 pub use retry::{
     RetryBudget, DEFAULT_MIN_RETRIES_PER_SEC, DEFAULT_RETRY_RATIO, DEFAULT_RETRY_WINDOW,
 };
@@ -245,6 +245,19 @@ impl Client {
         self.set_endpoints(&eps)
     }
 
+    /// Records each instance's registered version (by endpoint; an
+    /// endpoint not in `versions` has none), for [`Route`]s by version.
+    pub fn set_versions<S: AsRef<str>>(&self, versions: &[(S, Option<S>)]) {
+        for i in self.shared.instances.read().iter() {
+            let v = versions
+                .iter()
+                .find(|(ep, _)| ep.as_ref() == i.endpoint())
+                .and_then(|(_, v)| v.as_ref())
+                .map(|v| Arc::new(v.as_ref().to_string()));
+            i.version.store(v);
+        }
+    }
+
     /// The instances as they stand.
     pub fn instances(&self) -> Arc<Vec<Arc<Instance>>> {
         self.shared.instances.read().clone()
@@ -274,8 +287,15 @@ impl Client {
         }
     }
 
-    fn pick(&self) -> Option<Arc<Instance>> {
-        pick::pick(&self.shared.instances.read())
+    fn pick(&self, route: Route<'_>) -> Option<Arc<Instance>> {
+        let list = self.shared.instances.read();
+        match route {
+            Route {
+                version: None,
+                weights: None,
+            } => pick::pick(&list),
+            _ => pick::pick_routed(&list, route),
+        }
     }
 
     /// No instance is connected, but one was added moments ago and has not
@@ -283,10 +303,14 @@ impl Client {
     /// started, or an instance discovery just announced) rather than fail a
     /// request that would succeed a millisecond later. An instance that was
     /// connected before and is down now fails at once.
-    async fn await_first_connection(&self, deadline: Instant) -> Option<Arc<Instance>> {
+    async fn await_first_connection(
+        &self,
+        deadline: Instant,
+        route: Route<'_>,
+    ) -> Option<Arc<Instance>> {
         loop {
             let woken = self.shared.ctx.connected.notified();
-            if let Some(i) = self.pick() {
+            if let Some(i) = self.pick(route) {
                 return Some(i);
             }
             let first_window_ends = self
@@ -300,7 +324,7 @@ impl Client {
                 return None;
             }
             if tokio::time::timeout_at(until, woken).await.is_err() {
-                return self.pick();
+                return self.pick(route);
             }
         }
     }
@@ -317,7 +341,8 @@ impl Client {
     /// instance, within the deadline and the retry budget
     /// ([`ClientOptions::retry_budget`]). A timeout is never retried.
     pub async fn call(&self, req: Request, deadline: Instant) -> Result<Reply, CallError> {
-        self.call_traced(req, deadline, false, &mut CallTrace::default())
+        let any = Route::default();
+        self.call_traced(req, deadline, false, any, &mut CallTrace::default())
             .await
     }
 
@@ -329,18 +354,21 @@ impl Client {
         req: Request,
         deadline: Instant,
     ) -> Result<Reply, CallError> {
-        self.call_traced(req, deadline, true, &mut CallTrace::default())
+        let any = Route::default();
+        self.call_traced(req, deadline, true, any, &mut CallTrace::default())
             .await
     }
 
     /// [`call`](Self::call) (`idempotent`: [`call_idempotent`](Self::call_idempotent))
-    /// that also says, in `trace`, which instance the last attempt went to
-    /// and how many times the call was retried: for an access log.
+    /// to the instances `route` allows (a pinned version, weights by
+    /// version), that also says, in `trace`, which instance the last
+    /// attempt went to and how many times the call was retried.
     pub async fn call_traced(
         &self,
         mut req: Request,
         deadline: Instant,
         idempotent: bool,
+        route: Route<'_>,
         trace: &mut CallTrace,
     ) -> Result<Reply, CallError> {
         let sh = &self.shared;
@@ -353,9 +381,9 @@ impl Client {
             c.timeouts.fetch_add(1, Ordering::Relaxed);
             return Err(CallError::Timeout);
         }
-        let mut inst = match self.pick() {
+        let mut inst = match self.pick(route) {
             Some(i) => i,
-            None => match self.await_first_connection(deadline).await {
+            None => match self.await_first_connection(deadline, route).await {
                 Some(i) => i,
                 None => {
                     c.no_instance.fetch_add(1, Ordering::Relaxed);
@@ -380,7 +408,7 @@ impl Client {
             if Instant::now() >= deadline {
                 return Err(e);
             }
-            let Some(next) = pick::pick_untried(&sh.instances.read(), &tried) else {
+            let Some(next) = pick::pick_untried(&sh.instances.read(), &tried, route) else {
                 return Err(e);
             };
             if !budget.try_withdraw() {

@@ -24,6 +24,8 @@ pub struct Instance {
     /// already sent are answered.
     pub(crate) retiring: AtomicBool,
     pub(crate) retire: Notify,
+    /// The version the instance registered, if known (discovery).
+    pub(crate) version: ArcSwapOption<String>,
 }
 
 impl Instance {
@@ -38,7 +40,17 @@ impl Instance {
             outbox: ArcSwapOption::empty(),
             retiring: AtomicBool::new(false),
             retire: Notify::new(),
+            version: ArcSwapOption::empty(),
         }
+    }
+
+    /// The version the instance registered; None without discovery.
+    pub fn version(&self) -> Option<Arc<String>> {
+        self.version.load_full()
+    }
+
+    fn is_version(&self, v: &str) -> bool {
+        self.version.load().as_deref().is_some_and(|s| s == v)
     }
 
     pub fn endpoint(&self) -> &str {
@@ -90,15 +102,70 @@ pub(crate) fn pick(list: &[Arc<Instance>]) -> Option<Arc<Instance>> {
     }
 }
 
-/// For a retry: power of two choices among the connected instances not
-/// in `tried`.
-pub(crate) fn pick_untried(list: &[Arc<Instance>], tried: &[u64]) -> Option<Arc<Instance>> {
+/// How a caller's traffic is split between the versions of a service:
+/// relative weights (`[("v1", 90), ("v2", 10)]`). A version not listed,
+/// or listed with 0, gets no new calls, unless no listed version with a
+/// weight has a connected instance: then any connected instance serves
+/// (a policy never turns an available service into a 503).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Weights(pub Vec<(String, u32)>);
+
+/// Where one call may go, by version.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Route<'a> {
+    /// Pinned: only this version's instances, while one is connected
+    /// (else the weights apply).
+    pub version: Option<&'a str>,
+    pub weights: Option<&'a Weights>,
+}
+
+/// [`pick`] within what `route` allows.
+pub(crate) fn pick_routed(list: &[Arc<Instance>], route: Route<'_>) -> Option<Arc<Instance>> {
+    let of = |v: &str| -> Vec<Arc<Instance>> {
+        list.iter()
+            .filter(|i| i.is_connected() && i.is_version(v))
+            .cloned()
+            .collect()
+    };
+    if let Some(v) = route.version {
+        let mine = of(v);
+        if !mine.is_empty() {
+            return pick(&mine);
+        }
+    }
+    if let Some(w) = route.weights {
+        let up: Vec<(&str, u32)> = w
+            .0
+            .iter()
+            .filter(|(v, wt)| *wt > 0 && list.iter().any(|i| i.is_connected() && i.is_version(v)))
+            .map(|(v, wt)| (v.as_str(), *wt))
+            .collect();
+        let total: u64 = up.iter().map(|(_, wt)| *wt as u64).sum();
+        if total > 0 {
+            let mut r = fastrand::u64(..total);
+            for (v, wt) in up {
+                if r < wt as u64 {
+                    return pick(&of(v));
+                }
+                r -= wt as u64;
+            }
+        }
+    }
+    pick(list)
+}
+
+/// For a retry: [`pick_routed`] among the instances not in `tried`.
+pub(crate) fn pick_untried(
+    list: &[Arc<Instance>],
+    tried: &[u64],
+    route: Route<'_>,
+) -> Option<Arc<Instance>> {
     let rest: Vec<Arc<Instance>> = list
         .iter()
         .filter(|i| !tried.contains(&i.id) && i.is_connected())
         .cloned()
         .collect();
-    pick(&rest)
+    pick_routed(&rest, route)
 }
 
 /// Counts a call against its instance for as long as it is outstanding.
@@ -126,6 +193,97 @@ mod tests {
         i.connected.store(up, Ordering::Relaxed);
         i.outstanding.store(out, Ordering::Relaxed);
         Arc::new(i)
+    }
+
+    fn versioned(id: u64, up: bool, v: &str) -> Arc<Instance> {
+        let i = inst(id, up, 0);
+        i.version.store(Some(Arc::new(v.to_string())));
+        i
+    }
+
+    fn share(
+        list: &[Arc<Instance>],
+        route: Route<'_>,
+        n: usize,
+    ) -> std::collections::BTreeMap<String, usize> {
+        let mut by = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let p = pick_routed(list, route).expect("an instance");
+            *by.entry(p.version().map(|v| v.to_string()).unwrap_or_default())
+                .or_default() += 1;
+        }
+        by
+    }
+
+    #[test]
+    fn weights_split_calls_between_versions() {
+        // Three v1 instances, one v2: the split follows the weights, not
+        // the instance count.
+        let list = [
+            versioned(1, true, "v1"),
+            versioned(2, true, "v1"),
+            versioned(3, true, "v1"),
+            versioned(4, true, "v2"),
+        ];
+        let w = Weights(vec![("v1".into(), 90), ("v2".into(), 10)]);
+        let route = Route {
+            version: None,
+            weights: Some(&w),
+        };
+        let by = share(&list, route, 10_000);
+        let v2 = by.get("v2").copied().unwrap_or(0);
+        assert!((800..=1200).contains(&v2), "v2 got {v2} of 10000: {by:?}");
+
+        // Weight 0 and unlisted versions get nothing.
+        let w = Weights(vec![("v1".into(), 100), ("v2".into(), 0)]);
+        let by = share(
+            &list,
+            Route {
+                version: None,
+                weights: Some(&w),
+            },
+            2_000,
+        );
+        assert_eq!(by.get("v2"), None, "{by:?}");
+        let w = Weights(vec![("v2".into(), 1)]);
+        let by = share(
+            &list,
+            Route {
+                version: None,
+                weights: Some(&w),
+            },
+            2_000,
+        );
+        assert_eq!(by.keys().collect::<Vec<_>>(), ["v2"], "{by:?}");
+    }
+
+    #[test]
+    fn no_weighted_version_up_falls_back_to_any_and_a_pin_wins() {
+        let list = [versioned(1, true, "v1"), versioned(2, false, "v2")];
+        let w = Weights(vec![("v2".into(), 100)]);
+        let by = share(
+            &list,
+            Route {
+                version: None,
+                weights: Some(&w),
+            },
+            500,
+        );
+        assert_eq!(by.keys().collect::<Vec<_>>(), ["v1"], "v2 is down: {by:?}");
+
+        let list = [versioned(1, true, "v1"), versioned(2, true, "v2")];
+        let w = Weights(vec![("v1".into(), 100)]);
+        let pinned = Route {
+            version: Some("v2"),
+            weights: Some(&w),
+        };
+        assert_eq!(share(&list, pinned, 500).keys().collect::<Vec<_>>(), ["v2"]);
+        // A pin to a version with no instance up: the weights decide.
+        let gone = Route {
+            version: Some("v9"),
+            weights: Some(&w),
+        };
+        assert_eq!(share(&list, gone, 500).keys().collect::<Vec<_>>(), ["v1"]);
     }
 
     #[test]

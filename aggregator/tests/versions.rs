@@ -1,0 +1,175 @@
+//! Two versions of the aggregator side by side, registered in a real etcd
+//! (`--service-version v1` and `v2`), behind the real terminator with a
+//! `--policy` file: the split follows the weights (±2 points over 10,000
+//! requests), a new policy takes effect at once on SIGHUP with no failed
+//! request while a version is drained to 0, a pinned header always reaches
+//! its version, and a bad policy is refused while the last good one stays.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use testkit::etcd::Etcd;
+use testkit::{curl, wait_until, Proc};
+
+fn aggregator(etcd: &Etcd, version: &str) -> Proc {
+    let url = etcd.url();
+    Proc::start(
+        "aggregator",
+        &[
+            "--bus",
+            "tcp://127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--etcd",
+            &url,
+            "--service-version",
+            version,
+        ],
+    )
+}
+
+/// One keep-alive HTTP/1.1 connection: GET /echo, optionally pinned.
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn open(http: &str) -> Conn {
+        let s = TcpStream::connect(http.trim_start_matches("http://")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn { s, buf: Vec::new() }
+    }
+
+    /// (status, the `x-switchboard-version` that served it).
+    fn get(&mut self, pin: Option<&str>) -> (u16, String) {
+        let pin = pin
+            .map(|v| format!("x-switchboard-version: {v}\r\n"))
+            .unwrap_or_default();
+        let req = format!("GET /echo HTTP/1.1\r\nhost: t\r\n{pin}\r\n");
+        self.s.write_all(req.as_bytes()).unwrap();
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                let field = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim().to_string())
+                        .unwrap_or_default()
+                };
+                let len: usize = field("content-length:").parse().unwrap_or(0);
+                if self.buf.len() >= end + 4 + len {
+                    return (status, field("x-switchboard-version:"));
+                }
+            }
+            let n = self.s.read(&mut chunk).expect("response");
+            assert!(n > 0, "connection closed mid-response");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Counts by version over `n` requests; every one must succeed.
+    fn split(&mut self, n: usize) -> std::collections::BTreeMap<String, usize> {
+        let mut by = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let (st, v) = self.get(None);
+            assert_eq!(st, 200, "a request failed");
+            *by.entry(v).or_insert(0) += 1;
+        }
+        by
+    }
+}
+
+fn write_policy(path: &std::path::Path, json: &str) {
+    // Written beside and renamed over: the watcher never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn weights_pins_and_live_policy_changes_across_two_versions() {
+    let etcd = Etcd::start();
+    let _v1 = aggregator(&etcd, "v1");
+    let _v2 = aggregator(&etcd, "v2");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    write_policy(
+        &policy,
+        r#"{"aggregator": {"weights": {"v1": 90, "v2": 10}, "pin": {"header": "x-switchboard-version"}}}"#,
+    );
+    let url = etcd.url();
+    let mut t = Proc::start(
+        "terminator",
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--etcd",
+            &url,
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
+    );
+    let mut c = Conn::open(&t.addr("http"));
+    // Both versions registered, connected and pinnable.
+    wait_until(Duration::from_secs(20), "both versions serve", || {
+        c.get(Some("v1")) == (200, "v1".into()) && c.get(Some("v2")) == (200, "v2".into())
+    });
+
+    let by = c.split(10_000);
+    let v2 = by.get("v2").copied().unwrap_or(0);
+    assert!(
+        (800..=1200).contains(&v2),
+        "v2 served {v2} of 10000 at weight 10%: {by:?}"
+    );
+    assert_eq!(by.values().sum::<usize>(), 10_000, "{by:?}");
+
+    // A pin beats the weights.
+    for _ in 0..200 {
+        assert_eq!(c.get(Some("v2")), (200, "v2".into()));
+    }
+
+    // Drain v1 to 0: at once on SIGHUP, with no failed request.
+    write_policy(
+        &policy,
+        r#"{"aggregator": {"weights": {"v1": 0, "v2": 100}}}"#,
+    );
+    let sent = Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(t.pid(), libc::SIGHUP);
+    }
+    let mut in_a_row = 0;
+    while in_a_row < 200 {
+        let (st, v) = c.get(None);
+        assert_eq!(st, 200, "a request failed while v1 drained");
+        in_a_row = if v == "v2" { in_a_row + 1 } else { 0 };
+        assert!(
+            sent.elapsed() < Duration::from_secs(1) || in_a_row > 0,
+            "still reaching v1 a second after the new policy"
+        );
+    }
+    let by = c.split(1_000);
+    assert_eq!(by.keys().collect::<Vec<_>>(), ["v2"], "{by:?}");
+
+    // A bad policy is refused, said on the admin port, and the last good
+    // one stays.
+    write_policy(&policy, r#"{"aggregator": {"weights": {"v1": 0}}}"#);
+    unsafe {
+        libc::kill(t.pid(), libc::SIGHUP);
+    }
+    let admin = t.addr("admin");
+    wait_until(Duration::from_secs(10), "the refusal on /policy", || {
+        let r = curl("GET", &format!("{admin}/policy"), None);
+        r.text().contains("every weight is 0")
+    });
+    let by = c.split(500);
+    assert_eq!(by.keys().collect::<Vec<_>>(), ["v2"], "{by:?}");
+    t.terminate(Duration::from_secs(20));
+}

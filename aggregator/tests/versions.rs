@@ -3,7 +3,9 @@
 //! `--policy` file: the split follows the weights (±2 points over 10,000
 //! requests), a new policy takes effect at once on SIGHUP with no failed
 //! request while a version is drained to 0, a pinned header always reaches
-//! its version, and a bad policy is refused while the last good one stays.
+//! its version, and a bad policy is refused while the last good one stays;
+//! a policy put in etcd (`/switchboard/policy/<service>`) wins over the
+//! file within a second, and deleting it returns to the file's.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -171,5 +173,35 @@ fn weights_pins_and_live_policy_changes_across_two_versions() {
     });
     let by = c.split(500);
     assert_eq!(by.keys().collect::<Vec<_>>(), ["v2"], "{by:?}");
+
+    // A policy in etcd wins over the file for its service, live.
+    let key = "/switchboard/policy/aggregator";
+    etcd.ctl(&["put", key, r#"{"weights": {"v1": 100}}"#]);
+    let put = Instant::now();
+    wait_until(Duration::from_secs(5), "etcd's policy in force", || {
+        c.split(50).keys().collect::<Vec<_>>() == ["v1"]
+    });
+    assert!(
+        put.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        put.elapsed()
+    );
+    // A bad document is refused; the service keeps etcd's last good one.
+    etcd.ctl(&["put", key, r#"{"weights": {"v1": "lots"}}"#]);
+    wait_until(
+        Duration::from_secs(10),
+        "the etcd refusal on /policy",
+        || {
+            let r = curl("GET", &format!("{admin}/policy"), None);
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            v["refused_in_etcd"]["aggregator"].is_array()
+        },
+    );
+    assert_eq!(c.split(200).keys().collect::<Vec<_>>(), ["v1"]);
+    // Deleted: back to the file's (last good: v2 only).
+    etcd.ctl(&["del", key]);
+    wait_until(Duration::from_secs(5), "the file's policy again", || {
+        c.split(50).keys().collect::<Vec<_>>() == ["v2"]
+    });
     t.terminate(Duration::from_secs(20));
 }

@@ -35,6 +35,9 @@ use std::time::Duration;
 
 /// Every registration lives under this prefix.
 pub const PREFIX: &str = "/switchboard/services/";
+/// Traffic policies: `/switchboard/policy/<service>` → JSON (see the
+/// terminator's `policy` module and docs/operations.md).
+pub const POLICY_PREFIX: &str = "/switchboard/policy/";
 /// Lease time to live: how long a crashed instance stays listed.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// How long a watcher keeps routing to an instance whose key vanished while

@@ -104,6 +104,24 @@ impl Watcher {
         Watcher { task, state }
     }
 
+    /// Follows every key under `prefix` as raw bytes (the traffic policies
+    /// under `/switchboard/policy/`), with the same listing, resuming and
+    /// reconnection as the registrations; `on_change` gets the whole set
+    /// after each change, on the watcher's task.
+    pub fn start_documents<F>(opts: EtcdOptions, prefix: String, on_change: F) -> Watcher
+    where
+        F: FnMut(&BTreeMap<String, Vec<u8>>) + Send + 'static,
+    {
+        let state = Arc::new(State::default());
+        let docs = Documents {
+            now: BTreeMap::new(),
+            shown: None,
+            on_change,
+        };
+        let task = tokio::spawn(run(opts, prefix, docs, state.clone()));
+        Watcher { task, state }
+    }
+
     /// Registrations kept for the removal grace right now.
     pub fn kept(&self) -> usize {
         self.state.kept.load(Ordering::Relaxed) as usize
@@ -156,6 +174,99 @@ struct Set<F, L> {
     live: L,
     on_change: F,
     state: Arc<State>,
+}
+
+/// What a watch feeds: the keys under its prefix as etcd changes them.
+/// [`Set`] keeps registrations (with the removal grace); [`Documents`]
+/// keeps raw values. The list/watch/reconnect loop is the same for both.
+trait Sink {
+    /// A key was put (or listed) with `value`.
+    fn put_raw(&mut self, key: String, value: &[u8]);
+    fn delete(&mut self, key: &str);
+    /// A whole new list: what is missing was removed.
+    fn relist_raw(&mut self, fresh: Vec<(String, Vec<u8>)>);
+    /// Hands the set on if it changed.
+    fn publish(&mut self);
+    /// When [`check`](Sink::check) is due next, if ever.
+    fn due(&self) -> Option<Instant>;
+    fn check(&mut self);
+    /// Keys held now (for the log).
+    fn len(&self) -> usize;
+}
+
+impl<F: FnMut(&Snapshot), L: FnMut(&Registration) -> bool> Sink for Set<F, L> {
+    fn put_raw(&mut self, key: String, value: &[u8]) {
+        match parse(&key, value) {
+            Some(r) => self.put(key, r),
+            None => Set::delete(self, &key),
+        }
+    }
+
+    fn delete(&mut self, key: &str) {
+        Set::delete(self, key)
+    }
+
+    fn relist_raw(&mut self, fresh: Vec<(String, Vec<u8>)>) {
+        let fresh = fresh
+            .into_iter()
+            .filter_map(|(k, v)| parse(&k, &v).map(|r| (k, r)))
+            .collect();
+        self.relist(fresh)
+    }
+
+    fn publish(&mut self) {
+        Set::publish(self)
+    }
+
+    fn due(&self) -> Option<Instant> {
+        Set::due(self)
+    }
+
+    fn check(&mut self) {
+        Set::check(self)
+    }
+
+    fn len(&self) -> usize {
+        self.etcd.len()
+    }
+}
+
+/// Raw values under a prefix, handed to a callback after each change.
+struct Documents<F> {
+    now: BTreeMap<String, Vec<u8>>,
+    shown: Option<BTreeMap<String, Vec<u8>>>,
+    on_change: F,
+}
+
+impl<F: FnMut(&BTreeMap<String, Vec<u8>>)> Sink for Documents<F> {
+    fn put_raw(&mut self, key: String, value: &[u8]) {
+        self.now.insert(key, value.to_vec());
+    }
+
+    fn delete(&mut self, key: &str) {
+        self.now.remove(key);
+    }
+
+    fn relist_raw(&mut self, fresh: Vec<(String, Vec<u8>)>) {
+        self.now = fresh.into_iter().collect();
+    }
+
+    fn publish(&mut self) {
+        if self.shown.as_ref() != Some(&self.now) {
+            (self.on_change)(&self.now);
+            self.shown = Some(self.now.clone());
+        }
+    }
+
+    fn due(&self) -> Option<Instant> {
+        None
+    }
+
+    fn check(&mut self) {}
+
+    fn len(&self) -> usize {
+        self.now.len()
+    }
 }
 
 impl<F: FnMut(&Snapshot), L: FnMut(&Registration) -> bool> Set<F, L> {
@@ -250,11 +361,7 @@ impl<F: FnMut(&Snapshot), L: FnMut(&Registration) -> bool> Set<F, L> {
 }
 
 /// Runs `fut`, checking the kept registrations whenever due meanwhile.
-async fn checking<T, F, L>(set: &mut Set<F, L>, fut: impl Future<Output = T>) -> T
-where
-    F: FnMut(&Snapshot),
-    L: FnMut(&Registration) -> bool,
-{
+async fn checking<T, S: Sink>(set: &mut S, fut: impl Future<Output = T>) -> T {
     tokio::pin!(fut);
     loop {
         let due = set.due();
@@ -265,11 +372,7 @@ where
     }
 }
 
-async fn run<F, L>(opts: EtcdOptions, prefix: String, mut set: Set<F, L>, state: Arc<State>)
-where
-    F: FnMut(&Snapshot),
-    L: FnMut(&Registration) -> bool,
-{
+async fn run<S: Sink>(opts: EtcdOptions, prefix: String, mut set: S, state: Arc<State>) {
     // 0: nothing listed yet.
     let mut revision: i64 = 0;
     let mut backoff = Duration::ZERO;
@@ -299,17 +402,13 @@ where
     }
 }
 
-async fn session<F, L>(
+async fn session<S: Sink>(
     opts: &EtcdOptions,
     prefix: &str,
-    set: &mut Set<F, L>,
+    set: &mut S,
     revision: &mut i64,
     state: &State,
-) -> End
-where
-    F: FnMut(&Snapshot),
-    L: FnMut(&Registration) -> bool,
-{
+) -> End {
     let mut client = match checking(set, connect(opts)).await {
         Ok(c) => c,
         Err(e) => return End::Lost(format!("connect: {e}")),
@@ -320,15 +419,19 @@ where
             Ok(r) => r,
             Err(e) => return End::Lost(format!("list: {e}")),
         };
-        let mut fresh = Snapshot::new();
-        for kv in resp.kvs() {
-            if let Some((k, r)) = parse(kv.key(), kv.value()) {
-                fresh.insert(k, r);
-            }
-        }
+        let fresh = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect();
         *revision = resp.header().map_or(0, |h| h.revision());
         state.relists.fetch_add(1, Ordering::Relaxed);
-        set.relist(fresh);
+        set.relist_raw(fresh);
         set.publish();
     }
     let opts_w = WatchOptions::new()
@@ -339,7 +442,7 @@ where
         Err(e) => return End::Lost(format!("watch: {e}")),
     };
     state.synced.store(true, Ordering::Relaxed);
-    tracing::info!(%prefix, revision = *revision, instances = set.etcd.len(), "etcd watch live");
+    tracing::info!(%prefix, revision = *revision, keys = set.len(), "etcd watch live");
     loop {
         let msg = checking(set, stream.message()).await;
         let msg = match msg {
@@ -365,10 +468,7 @@ where
             *revision = (*revision).max(kv.mod_revision());
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             match ev.event_type() {
-                EventType::Put => match parse(kv.key(), kv.value()) {
-                    Some((k, r)) => set.put(k, r),
-                    None => set.delete(&key),
-                },
+                EventType::Put => set.put_raw(key, kv.value()),
                 EventType::Delete => set.delete(&key),
             }
         }
@@ -376,10 +476,9 @@ where
     }
 }
 
-fn parse(key: &[u8], value: &[u8]) -> Option<(String, Registration)> {
-    let key = String::from_utf8_lossy(key).into_owned();
+fn parse(key: &str, value: &[u8]) -> Option<Registration> {
     match serde_json::from_slice::<Registration>(value) {
-        Ok(r) => Some((key, r)),
+        Ok(r) => Some(r),
         Err(e) => {
             tracing::warn!(%key, error = %e, "registration does not parse; ignored");
             None

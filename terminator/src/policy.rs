@@ -21,6 +21,11 @@
 //! the reason is logged and shown on the admin port (`/policy`), and the
 //! last good policy stays in force. A bad file at start is exit 2.
 //!
+//! With `--etcd`, one document per service at `/switchboard/policy/<service>`
+//! (the same object as one entry of the file) is watched live and wins
+//! over the file for that service; a bad document is refused the same way,
+//! per service.
+//!
 //! Every response from a versioned instance says which version served it
 //! (`x-switchboard-version`).
 
@@ -96,55 +101,75 @@ pub fn parse(text: &str) -> Result<HashMap<String, Arc<Policy>>, Vec<String>> {
     let mut problems = Vec::new();
     let mut out = HashMap::new();
     for (service, d) in docs {
-        let mut p = Policy::default();
-        if !d.weights.is_empty() {
-            for (v, w) in &d.weights {
-                if !label_ok(v) {
-                    problems.push(format!(
-                        "{service}: version {v:?} must be 1-64 letters, digits, `.`, `-`, `_` or `+`"
-                    ));
-                }
-                if *w > MAX_WEIGHT {
-                    problems.push(format!(
-                        "{service}: weight {w} for {v} is over {MAX_WEIGHT}"
-                    ));
-                }
+        match check(&service, d) {
+            Ok(p) => {
+                out.insert(service, Arc::new(p));
             }
-            if d.weights.values().all(|w| *w == 0) {
-                problems.push(format!(
-                    "{service}: every weight is 0; give one version a weight (or remove `weights` to spread over all)"
-                ));
-            }
-            p.weights = Some(bus::Weights(d.weights.into_iter().collect()));
+            Err(e) => problems.extend(e),
         }
-        if let Some(pin) = d.pin {
-            if pin.header.is_none() && pin.cookie.is_none() {
-                problems.push(format!("{service}: pin needs a header, a cookie or both"));
-            }
-            if let Some(h) = pin.header {
-                match HeaderName::from_bytes(h.as_bytes()) {
-                    Ok(n) => p.pin_header = Some(n),
-                    Err(_) => {
-                        problems.push(format!("{service}: pin header {h:?} is not a header name"))
-                    }
-                }
-            }
-            if let Some(c) = pin.cookie {
-                if c.is_empty()
-                    || !c
-                        .bytes()
-                        .all(|b| b.is_ascii_graphic() && !b"=;,\"".contains(&b))
-                {
-                    problems.push(format!("{service}: pin cookie {c:?} is not a cookie name"));
-                } else {
-                    p.pin_cookie = Some(c);
-                }
-            }
-        }
-        out.insert(service, Arc::new(p));
     }
     if problems.is_empty() {
         Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// One service's policy document (an etcd value).
+pub fn parse_one(service: &str, text: &[u8]) -> Result<Policy, Vec<String>> {
+    let d: PolicyDoc = serde_json::from_slice(text).map_err(|e| vec![format!("{service}: {e}")])?;
+    check(service, d)
+}
+
+fn check(service: &str, d: PolicyDoc) -> Result<Policy, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut p = Policy::default();
+    if !d.weights.is_empty() {
+        for (v, w) in &d.weights {
+            if !label_ok(v) {
+                problems.push(format!(
+                    "{service}: version {v:?} must be 1-64 letters, digits, `.`, `-`, `_` or `+`"
+                ));
+            }
+            if *w > MAX_WEIGHT {
+                problems.push(format!(
+                    "{service}: weight {w} for {v} is over {MAX_WEIGHT}"
+                ));
+            }
+        }
+        if d.weights.values().all(|w| *w == 0) {
+            problems.push(format!(
+                "{service}: every weight is 0; give one version a weight (or remove `weights` to spread over all)"
+            ));
+        }
+        p.weights = Some(bus::Weights(d.weights.into_iter().collect()));
+    }
+    if let Some(pin) = d.pin {
+        if pin.header.is_none() && pin.cookie.is_none() {
+            problems.push(format!("{service}: pin needs a header, a cookie or both"));
+        }
+        if let Some(h) = pin.header {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => p.pin_header = Some(n),
+                Err(_) => {
+                    problems.push(format!("{service}: pin header {h:?} is not a header name"))
+                }
+            }
+        }
+        if let Some(c) = pin.cookie {
+            if c.is_empty()
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"=;,\"".contains(&b))
+            {
+                problems.push(format!("{service}: pin cookie {c:?} is not a cookie name"));
+            } else {
+                p.pin_cookie = Some(c);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(p)
     } else {
         Err(problems)
     }
@@ -161,12 +186,19 @@ pub fn read(path: &Path) -> Result<HashMap<String, Arc<Policy>>, Vec<String>> {
     })
 }
 
-/// The policies in force, process-wide; empty without `--policy`.
+/// The policies in force, process-wide: etcd's for the services it has
+/// one for, the file's for the rest; empty without either.
 #[derive(Default)]
 pub struct Policies {
     now: ArcSwap<HashMap<String, Arc<Policy>>>,
-    /// Why the last reload was refused; None after a good one.
+    /// From `--policy`, as last loaded well.
+    from_file: parking_lot::Mutex<HashMap<String, Arc<Policy>>>,
+    /// From etcd, per service, the last good document of each.
+    from_etcd: parking_lot::Mutex<HashMap<String, Arc<Policy>>>,
+    /// Why the last file reload was refused; None after a good one.
     last_error: parking_lot::Mutex<Option<Vec<String>>>,
+    /// etcd documents refused, by service, with why.
+    etcd_refused: parking_lot::Mutex<BTreeMap<String, Vec<String>>>,
     file: parking_lot::Mutex<Option<PathBuf>>,
 }
 
@@ -184,7 +216,8 @@ impl Policies {
     /// Loads `path` now and follows it; the first load's problems are
     /// returned (the process should not start on a bad policy).
     pub fn follow(self: &Arc<Self>, path: PathBuf) -> Result<(), Vec<String>> {
-        self.now.store(Arc::new(read(&path)?));
+        *self.from_file.lock() = read(&path)?;
+        self.merge();
         *self.file.lock() = Some(path.clone());
         let (me, p2) = (self.clone(), path.clone());
         svc_host::reload::watch(
@@ -193,7 +226,8 @@ impl Policies {
             move || match read(&path) {
                 Ok(m) => {
                     let n = m.len();
-                    me.now.store(Arc::new(m));
+                    *me.from_file.lock() = m;
+                    me.merge();
                     *me.last_error.lock() = None;
                     Ok(format!("{n} service(s)"))
                 }
@@ -204,6 +238,55 @@ impl Policies {
             },
         )
         .map_err(|e| vec![format!("cannot watch {}: {e}", self.file_name())])
+    }
+
+    /// etcd's documents under `/switchboard/policy/` as they stand (key
+    /// `/switchboard/policy/<service>`). A document that does not check
+    /// out is refused (logged, on `/policy`) and the service keeps its
+    /// last good one; a deleted key drops the service's etcd policy.
+    pub fn apply_etcd(&self, docs: &BTreeMap<String, Vec<u8>>) {
+        let mut from_etcd = self.from_etcd.lock();
+        let mut refused = self.etcd_refused.lock();
+        let mut seen = std::collections::HashSet::new();
+        for (key, value) in docs {
+            let service = key.strip_prefix(discovery::POLICY_PREFIX).unwrap_or(key);
+            if service.is_empty() || service.contains('/') {
+                tracing::warn!(%key, "not a policy key (/switchboard/policy/<service>); ignored");
+                continue;
+            }
+            seen.insert(service.to_string());
+            match parse_one(service, value) {
+                Ok(p) => {
+                    refused.remove(service);
+                    let p = Arc::new(p);
+                    if from_etcd.get(service) != Some(&p) {
+                        tracing::info!(service, "traffic policy from etcd in force");
+                    }
+                    from_etcd.insert(service.to_string(), p);
+                }
+                Err(e) => {
+                    if refused.get(service) != Some(&e) {
+                        tracing::warn!(service, problems = %e.join("; "), "traffic policy in etcd refused; the last good one stays");
+                    }
+                    refused.insert(service.to_string(), e);
+                }
+            }
+        }
+        from_etcd.retain(|s, _| seen.contains(s));
+        refused.retain(|s, _| seen.contains(s));
+        drop((from_etcd, refused));
+        self.merge();
+    }
+
+    fn merge(&self) {
+        let mut m = self.from_file.lock().clone();
+        m.extend(
+            self.from_etcd
+                .lock()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        self.now.store(Arc::new(m));
     }
 
     fn file_name(&self) -> String {
@@ -236,10 +319,13 @@ impl Policies {
                 )
             })
             .collect();
+        let from_etcd: Vec<String> = self.from_etcd.lock().keys().cloned().collect();
         serde_json::json!({
             "file": self.file.lock().as_ref().map(|p| p.display().to_string()),
             "services": services,
+            "from_etcd": from_etcd,
             "refused": *self.last_error.lock(),
+            "refused_in_etcd": *self.etcd_refused.lock(),
         })
     }
 }

@@ -126,6 +126,13 @@ pub async fn serve_listeners(
             move |snap| follower.lock().apply(snap),
         )
     });
+    // Policies are process-wide: the primary shard follows etcd's.
+    let _policy_watch = settings.etcd.clone().filter(|_| primary).map(|o| {
+        let policies = shared.policies.clone();
+        discovery::Watcher::start_documents(o, discovery::POLICY_PREFIX.into(), move |docs| {
+            policies.apply_etcd(docs)
+        })
+    });
     let edge = Arc::new(Edge {
         routes,
         max_body: settings.max_body,

@@ -36,11 +36,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked \
         --bin terminator --bin aggregator --bin backend-svc --bin loadtest --bin baseline \
-        --bin bus-keygen --bin gen-cert \
+        --bin bus-keygen --bin gen-cert --bin sbctl \
  && mkdir -p /out \
  && cp target/release/terminator target/release/aggregator target/release/backend-svc \
        target/release/loadtest target/release/baseline \
-       target/release/bus-keygen target/release/gen-cert /out/
+       target/release/bus-keygen target/release/gen-cert target/release/sbctl /out/
 
 # -------------------------------------------------------------- runtime ----
 FROM debian:${DEBIAN}-slim AS runtime
@@ -67,6 +67,7 @@ COPY --from=build /out/baseline /usr/local/bin/baseline
 # self-signed certificate for trying TLS (docs/deployment.md).
 COPY --from=build /out/bus-keygen /usr/local/bin/bus-keygen
 COPY --from=build /out/gen-cert /usr/local/bin/gen-cert
+COPY --from=build /out/sbctl /usr/local/bin/sbctl
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/switchboard-entrypoint
 COPY --chmod=0755 docker/healthcheck.sh /usr/local/bin/switchboard-healthcheck
 

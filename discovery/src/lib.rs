@@ -111,7 +111,9 @@ const ETCD_DEFAULT_KEEPALIVE_MIN_TIME: Duration = Duration::from_secs(5);
 const _: () =
     assert!(GRPC_KEEPALIVE_INTERVAL.as_secs() >= 2 * ETCD_DEFAULT_KEEPALIVE_MIN_TIME.as_secs());
 
-pub(crate) async fn connect(opts: &EtcdOptions) -> Result<etcd_client::Client, etcd_client::Error> {
+/// A client for `opts.endpoints` with the keepalive every Switchboard
+/// process uses.
+pub async fn connect(opts: &EtcdOptions) -> Result<etcd_client::Client, etcd_client::Error> {
     let co = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))

@@ -58,7 +58,8 @@ pub fn snapshot(urls: &[String], timeout: Duration) -> Vec<Snapshot> {
         .collect()
 }
 
-async fn fetch(url: &str) -> Result<Bytes, String> {
+/// GET `url` (HTTP/1.1, no TLS), the body if the status is 2xx.
+pub async fn fetch(url: &str) -> Result<Bytes, String> {
     let t = Target::parse(url)?;
     let addr = t.resolve()?;
     let tcp = tokio::net::TcpStream::connect(addr)

@@ -417,7 +417,7 @@ impl Client {
             }
             c.retries.fetch_add(1, Ordering::Relaxed);
             trace.retries += 1;
-            inst = next;
+            trace.failed.push(std::mem::replace(&mut inst, next));
         }
     }
 
@@ -498,6 +498,10 @@ pub struct CallTrace {
     pub instance: Option<Arc<Instance>>,
     /// Attempts after the first.
     pub retries: u32,
+    /// The instances of the attempts that failed and were retried
+    /// elsewhere (empty unless retried): a version that fails every call
+    /// it gets must not look healthy because its calls were rescued.
+    pub failed: Vec<Arc<Instance>>,
 }
 
 /// How one attempt ended, and whether the call may go to another instance.

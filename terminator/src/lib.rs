@@ -16,6 +16,8 @@
 //! - [`conn`]: one HTTP connection from accept to close: idle timeout,
 //!   the connection cap, what a drain does to it, the TLS handshake.
 //! - [`tls`]: certificates (SNI, reload on change and SIGHUP), rustls.
+//! - [`console`]: `/console` on the admin port, the live page and its
+//!   JSON, computed from the metrics' totals on the admin side.
 //! - [`server`]: accept loops, admin endpoints, graceful drain; a process
 //!   is one or more shards (`server::serve`): one single-threaded shard
 //!   per core by default (`--runtime per-core`), so a request never leaves
@@ -28,6 +30,7 @@
 pub mod admission;
 pub mod config;
 pub mod conn;
+pub mod console;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;

@@ -40,6 +40,8 @@ pub struct Shared {
     pub conns: Arc<ConnTable>,
     /// The TLS configuration (`--tls-cert`), shared and reloaded in place.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// `/console` on the admin port.
+    pub console: Arc<crate::console::Console>,
 }
 
 impl Shared {
@@ -52,6 +54,7 @@ impl Shared {
             shards: Default::default(),
             conns: Default::default(),
             tls: None,
+            console: Arc::new(crate::console::Console::new(settings.p99_target)),
         }
     }
 }
@@ -113,11 +116,17 @@ pub async fn serve_listeners(
             routes.clone(),
         )));
         let f = follower.clone();
+        let console = primary.then(|| shared.console.clone());
         discovery::Watcher::start_with_liveness(
             o,
             discovery::PREFIX.into(),
             move |r| f.lock().is_live(r),
-            move |snap| follower.lock().apply(snap),
+            move |snap| {
+                if let Some(c) = &console {
+                    c.registrations(snap);
+                }
+                follower.lock().apply(snap)
+            },
         )
     });
     let edge = Arc::new(Edge {
@@ -138,6 +147,7 @@ pub async fn serve_listeners(
                 edge: edge.clone(),
                 draining: draining.clone(),
                 shards: shared.shards.clone(),
+                console: shared.console.clone(),
             }),
             settings.admin_token.clone(),
         ))
@@ -285,12 +295,17 @@ struct AdminPages {
     edge: Arc<Edge>,
     draining: Arc<AtomicBool>,
     shards: Arc<parking_lot::Mutex<Vec<Arc<Routes>>>>,
+    console: Arc<crate::console::Console>,
 }
 
 impl svc_host::admin::Admin for AdminPages {
     fn ready(&self) -> (bool, String) {
         let (status, body) = readiness(&self.edge, &self.draining, &self.shards.lock());
         (status == StatusCode::OK, body.to_string())
+    }
+
+    fn reply(&self, path: &str, query: Option<&str>) -> Option<svc_host::admin::Reply> {
+        self.console.reply(&self.edge, &self.shards, path, query)
     }
 }
 

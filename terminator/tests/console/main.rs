@@ -69,7 +69,7 @@ impl Stack {
                 "-c",
                 "16",
             ])
-            .args(["-q", "--tolerance", "100"])
+            .args(["-q", "--tolerance", "99"])
             .arg(format!("{}{path}", self.terminator.addr("http")))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -305,3 +305,66 @@ impl History {
 fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::reading::{Reading, RouteReading, ServiceReading};
+    use super::*;
+    use std::time::Instant;
+
+    fn reading(at: Instant, latencies_us: &[u64], shed: u64) -> Reading {
+        let mut all = telemetry::hist::new_histogram();
+        for &v in latencies_us {
+            all.record(v).unwrap();
+        }
+        let mut routes = BTreeMap::new();
+        routes.insert(
+            "/".to_string(),
+            RouteReading {
+                service: "svc".into(),
+                counts: [0, all.len(), 0, 0, 0],
+                all,
+            },
+        );
+        let mut services = BTreeMap::new();
+        services.insert(
+            "svc".to_string(),
+            ServiceReading {
+                shed,
+                ..Default::default()
+            },
+        );
+        Reading {
+            at,
+            unix_ms: 0,
+            edge: Default::default(),
+            in_flight: 0,
+            routes,
+            services,
+        }
+    }
+
+    #[test]
+    fn steps_are_diffs_and_windows_merge_them() {
+        let t0 = Instant::now();
+        let mut h = History::default();
+        // Cumulative: 100 fast calls, then 100 more at 50 ms a second later.
+        let fast = vec![1_000; 100];
+        let mut both = fast.clone();
+        both.extend(vec![50_000; 100]);
+        h.refresh(|| reading(t0, &fast, 0));
+        h.refresh(|| panic!("a fresh reading is reused"));
+        h.last.as_mut().unwrap().at = t0 - Duration::from_secs(1);
+        h.refresh(|| reading(t0, &both, 7));
+        let v = h.json(10, 60, 25.0, 100, &BTreeMap::new());
+        let r = &v["routes"][0];
+        assert_eq!(r["route"], "/");
+        assert_eq!(r["requests_per_s"], 100.0, "{v}");
+        // Only the second second's calls: all 50 ms, over the target.
+        assert!((r["p50_ms"].as_f64().unwrap() - 50.0).abs() < 1.0, "{v}");
+        assert_eq!(r["over_target"], true);
+        assert_eq!(r["errors_per_s"]["503_shed"], 7.0);
+        assert_eq!(r["history"].as_array().unwrap().len(), 1);
+        assert_eq!(v["services"][0]["admission"]["shed_per_s"], 7.0);
+    }
+}

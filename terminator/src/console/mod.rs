@@ -137,9 +137,11 @@ impl Query {
             match k {
                 "window" => out.window = int(MAX_WINDOW, 1)?,
                 "history" => out.points = int(HISTORY, 0)?,
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "unknown parameter `{k}` (known: window=1..{MAX_WINDOW}, history=0..{HISTORY})"
-                )),
+                ))
+                }
             }
         }
         Ok(out)

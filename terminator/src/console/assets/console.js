@@ -107,8 +107,9 @@ function drawChart(r) {
   g.fillStyle = COLORS.text;
   g.strokeStyle = COLORS.grid;
   g.lineWidth = 1;
-  for (let i = 0; i <= 4; i++) {
-    const v = (ymax * i) / 4, yy = Math.round(y(v)) + 0.5;
+  // niceCeil's maxima (1, 2, 2.5, 5 × 10^n) all divide into 5 round steps.
+  for (let i = 0; i <= 5; i++) {
+    const v = (ymax * i) / 5, yy = Math.round(y(v)) + 0.5;
     g.beginPath(); g.moveTo(left, yy); g.lineTo(w - right, yy); g.stroke();
     g.fillText(num(v, v < 10 ? 1 : 0) + " ms", 2, yy + 3);
   }
@@ -149,15 +150,19 @@ function renderServices(d) {
   const box = document.getElementById("services");
   box.replaceChildren(...d.services.map((s) => {
     const a = s.admission;
-    // The slowest instance stands out against the others.
+    // An instance stands out when its p99 is twice the service's best
+    // instance's, or over the target of the routes it serves.
     const p99s = s.instances.map((i) => i.p99_ms).filter((v) => v !== null);
-    const worst = p99s.length > 1 ? Math.max(...p99s) : null;
+    const best = p99s.length > 1 ? Math.min(...p99s) : null;
+    const targets = d.routes.filter((r) => r.service === s.service).map((r) => r.target_ms);
+    const target = targets.length ? Math.min(...targets) : Infinity;
+    const slow = (v) => v !== null && ((best !== null && v >= 2 * best) || v > target);
     const rows = s.instances.map((i) => el("tr", { "data-endpoint": i.endpoint },
       el("td", {}, i.endpoint), el("td", {}, i.version || "–"),
       el("td", { class: "conn " + (i.connected ? "up" : "down") }, i.connected ? "connected" : "disconnected"),
       el("td", { class: "n" }, String(i.outstanding)), el("td", { class: "n" }, num(i.calls_per_s)),
       el("td", { class: "n" }, num(i.p50_ms, 2)),
-      el("td", { class: "n" + (worst !== null && i.p99_ms === worst ? " over" : "") }, num(i.p99_ms, 2))));
+      el("td", { class: "n" + (slow(i.p99_ms) ? " over" : "") }, num(i.p99_ms, 2))));
     const table = el("table", { class: "instances" },
       el("thead", {}, el("tr", {}, el("th", {}, "instance"), el("th", {}, "version"), el("th", {}, "state"),
         el("th", { class: "n" }, "outstanding"), el("th", { class: "n" }, "calls/s"),

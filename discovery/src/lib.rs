@@ -35,6 +35,10 @@ use std::time::Duration;
 
 /// Every registration lives under this prefix.
 pub const PREFIX: &str = "/switchboard/services/";
+/// Terminators register here (`terminator/<instance>`), apart from the
+/// services so that no caller routes to them: only for their peers'
+/// consoles, which merge the fleet's histograms.
+pub const TERMINATORS: &str = "/switchboard/terminators/";
 /// Lease time to live: how long a crashed instance stays listed.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// How long a watcher keeps routing to an instance whose key vanished while

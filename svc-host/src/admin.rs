@@ -71,6 +71,12 @@ impl std::fmt::Debug for Token {
 }
 
 impl Token {
+    /// The `Authorization` value that carries this token (for a process
+    /// reading a peer's admin pages with the token they share).
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", String::from_utf8_lossy(&self.0))
+    }
+
     /// Whether an `Authorization` header value carries this token
     /// (`Bearer`, any case), compared in constant time.
     pub fn allows(&self, authorization: Option<&[u8]>) -> bool {

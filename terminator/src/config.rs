@@ -78,6 +78,9 @@ pub struct Settings {
     pub routes_explicit: bool,
     /// etcd discovery; None keeps the static routes.
     pub etcd: Option<discovery::EtcdOptions>,
+    /// `--advertise`: how peers reach this terminator's admin port (the
+    /// console's fleet view).
+    pub advertise: discovery::EtcdArgs,
     pub metrics: svc_host::metrics::MetricsSettings,
     /// `--bus-security` and `--curve-*`: what the bus clients use.
     pub bus_security: svc_host::security::BusSecurity,
@@ -122,6 +125,7 @@ impl Default for Settings {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             routes_explicit: false,
             etcd: None,
+            advertise: Default::default(),
             metrics: svc_host::metrics::MetricsArgs::default()
                 .settings()
                 .expect("defaults are valid"),
@@ -485,6 +489,7 @@ impl Settings {
             Ok(o) => s.etcd = o,
             Err(p) => errors.extend(p),
         }
+        s.advertise = args.discovery.clone();
         match args.metrics.settings() {
             Ok(m) => s.metrics = m,
             Err(p) => errors.extend(p),

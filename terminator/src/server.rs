@@ -138,9 +138,15 @@ pub async fn serve_listeners(
         metrics,
     });
     let draining = shared.draining.clone();
+    let mut _fleet = None;
     let admin_task = admin.map(|admin| {
         // Reported once per process: the shards share these numbers.
         telemetry::register(&edge);
+        _fleet = settings
+            .etcd
+            .clone()
+            .zip(admin.local_addr().ok())
+            .map(|(o, a)| fleet(&settings, o, a, &shared, &edge));
         tokio::spawn(svc_host::admin::serve_with(
             admin,
             Arc::new(AdminPages {
@@ -279,6 +285,53 @@ pub async fn serve_listeners(
         t.abort();
     }
     Ok(())
+}
+
+/// With etcd: registers this terminator's admin URL for its peers'
+/// consoles, follows theirs, and starts the fleet sampler (idle unless
+/// the console is watched). Dropping the result stops all three.
+fn fleet(
+    settings: &Settings,
+    o: discovery::EtcdOptions,
+    admin: std::net::SocketAddr,
+    shared: &Shared,
+    edge: &Edge,
+) -> (discovery::Registrar, discovery::Watcher, AbortOnDrop) {
+    let url = settings.advertise.advertised_url(admin);
+    let f = crate::console::fleet::Fleet::new(url.clone());
+    shared.console.set_fleet(f.clone());
+    let instance = discovery::registration::instance_id();
+    let reg = discovery::Registration {
+        service: "terminator".into(),
+        instance: instance.clone(),
+        bus: String::new(),
+        events: None,
+        admin: url,
+        routes: Vec::new(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        draining: false,
+        curve_key: None,
+    };
+    let key = format!("{}terminator/{instance}", discovery::TERMINATORS);
+    let registrar = discovery::Registrar::start_at(o.clone(), key, reg);
+    let w = f.clone();
+    let watcher = discovery::Watcher::start(o, discovery::TERMINATORS.into(), move |snap| {
+        w.registrations(snap)
+    });
+    let bearer = settings.admin_token.as_ref().map(|t| t.bearer());
+    let task = tokio::spawn(f.run(edge.metrics.clone(), bearer));
+    (registrar, watcher, AbortOnDrop(task))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The next connection on `l`; never, without one.

@@ -10,9 +10,11 @@
 //!
 //! - [`reading`]: one cumulative reading of routes, services, instances.
 //! - [`data`]: per-second steps between readings, and the JSON.
+//! - [`fleet`]: with etcd, every terminator's histograms merged.
 //! - `assets/`: the page (HTML, CSS, JS).
 
 mod data;
+pub mod fleet;
 mod reading;
 
 use crate::proxy::Edge;
@@ -41,6 +43,8 @@ pub struct Console {
     /// Bus endpoint → version, from the etcd registrations (empty without
     /// etcd: the version is then unknown).
     versions: ArcSwap<BTreeMap<String, String>>,
+    /// With etcd: the other terminators.
+    fleet: std::sync::OnceLock<Arc<fleet::Fleet>>,
 }
 
 impl Console {
@@ -49,7 +53,13 @@ impl Console {
             target,
             history: Default::default(),
             versions: Default::default(),
+            fleet: Default::default(),
         }
+    }
+
+    /// Shows the fleet too (with etcd; once).
+    pub fn set_fleet(&self, f: Arc<fleet::Fleet>) {
+        let _ = self.fleet.set(f);
     }
 
     /// Notes the versions the registrations announce.
@@ -101,13 +111,22 @@ impl Console {
     fn data(&self, edge: &Edge, shards: &parking_lot::Mutex<Vec<Arc<Routes>>>, q: Query) -> Reply {
         let mut h = self.history.lock();
         h.refresh(|| reading::Reading::take(edge, &shards.lock()));
-        let body = h.json(
+        let target_ms = self.target.as_secs_f64() * 1000.0;
+        let mut body = h.json(
             q.window,
             q.points,
-            self.target.as_secs_f64() * 1000.0,
+            target_ms,
             edge.max_in_flight,
             &self.versions.load(),
         );
+        drop(h);
+        body["fleet"] = match self.fleet.get() {
+            Some(f) => {
+                f.polled();
+                f.json(q.window, target_ms)
+            }
+            None => serde_json::Value::Null,
+        };
         Reply::json(StatusCode::OK, body.to_string())
     }
 }

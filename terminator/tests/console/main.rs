@@ -293,6 +293,87 @@ fn admin_token_covers_the_console() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn with_etcd_each_console_merges_the_whole_fleet() {
+    let etcd = testkit::Etcd::start();
+    let url = etcd.url();
+    let backend = free_endpoint();
+    let _agg = Proc::start(
+        "aggregator",
+        &[
+            "--bus",
+            "tcp://127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--backend",
+            &backend,
+            "--etcd",
+            &url,
+        ],
+    );
+    // No --route: both route from the aggregator's registration.
+    let start = || {
+        Proc::start(
+            "terminator",
+            &[
+                "--http",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--etcd",
+                &url,
+            ],
+        )
+    };
+    let (a, b) = (start(), start());
+    let echo = format!("{}/echo", a.addr("http"));
+    wait_until(Duration::from_secs(20), "terminator A serves /echo", || {
+        curl("GET", &echo, None).status == 200
+    });
+    let data = format!("{}/console/data", b.addr("admin"));
+    let get =
+        || -> Value { serde_json::from_slice(&curl("GET", &data, None).body).unwrap_or_default() };
+    // B's console finds A through etcd and samples it while watched.
+    wait_until(
+        Duration::from_secs(20),
+        "B's fleet lists both, answering",
+        || {
+            let v = get();
+            v["fleet"]["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 2 && m.iter().all(|x| x["ok"] == true))
+        },
+    );
+    let served = testkit::curl_many(&vec![echo.clone(); 40]);
+    assert!(served.iter().all(|(s, _)| *s == 200), "{served:?}");
+    // Every request went through A, none through B: B's own route shows
+    // none, its fleet view shows A's, merged from A's histograms.
+    let mut last = Value::Null;
+    let seen = testkit::poll(Duration::from_secs(10), || {
+        last = get();
+        let root = last["fleet"]["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["route"] == "root")
+            .cloned()
+            .unwrap_or_default();
+        root["window_requests"].as_u64().unwrap_or(0) >= 40 && root["p99_ms"].is_number()
+    });
+    assert!(seen, "{last}");
+    assert_eq!(last["routes"][0]["window_requests"], 0, "{last}");
+    // Versions come from the registrations.
+    let inst = &last["services"][0]["instances"][0];
+    assert!(inst["version"].is_string(), "{last}");
+    // Without etcd there is no fleet.
+    let lone = testkit::terminator(&format!("/=svc@{backend}"), &[]);
+    let v: Value = serde_json::from_slice(
+        &curl("GET", &format!("{}/console/data", lone.addr("admin")), None).body,
+    )
+    .unwrap();
+    assert_eq!(v["fleet"], Value::Null);
+}
+
 /// docs/console.png: the console under load (scripts/console-screenshot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes docs/console.png; run by scripts/console-screenshot"]

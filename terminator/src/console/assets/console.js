@@ -177,10 +177,28 @@ function renderServices(d) {
   }));
 }
 
+// Every terminator's histograms merged (etcd only): routes by their
+// metric names (`root` for /), as /stats/histograms names them.
+function renderFleet(d) {
+  const box = document.getElementById("fleet");
+  if (!d.fleet) { box.hidden = true; return; }
+  box.hidden = false;
+  const m = d.fleet.members;
+  const down = m.filter((x) => !x.ok);
+  document.getElementById("fleet-members").textContent = "(" + m.length + " terminators" +
+    (down.length ? ", not answering: " + down.map((x) => x.admin).join(", ") : "") + ")";
+  document.querySelector("#fleet-routes tbody").replaceChildren(...d.fleet.routes.map((r) =>
+    el("tr", { class: r.over_target ? "over" : "", "data-fleet-route": r.route },
+      el("td", {}, r.route), el("td", { class: "n rate" }, num(r.requests_per_s)),
+      el("td", { class: "n" }, num(r.p50_ms, 2)), el("td", { class: "n p99" }, num(r.p99_ms, 2)),
+      el("td", { class: "n" }, String(r.window_requests)))));
+}
+
 function render(d) {
   renderProcess(d);
   renderRoutes(d);
   renderCharts(d);
+  renderFleet(d);
   renderServices(d);
   window.consoleUpdates += 1;
   window.consoleData = d;

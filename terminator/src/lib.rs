@@ -17,7 +17,8 @@
 //!   the connection cap, what a drain does to it, the TLS handshake.
 //! - [`tls`]: certificates (SNI, reload on change and SIGHUP), rustls.
 //! - [`console`]: `/console` on the admin port, the live page and its
-//!   JSON, computed from the metrics' totals on the admin side.
+//!   JSON, computed from the metrics' totals on the admin side; with
+//!   etcd, the fleet's histograms merged.
 //! - [`server`]: accept loops, admin endpoints, graceful drain; a process
 //!   is one or more shards (`server::serve`): one single-threaded shard
 //!   per core by default (`--runtime per-core`), so a request never leaves

@@ -138,6 +138,8 @@ pub async fn serve_listeners(
         metrics,
     });
     let draining = shared.draining.clone();
+    // With etcd, the primary's fleet registration, watch and sampler:
+    // held for the shard's life, dropped (deregistered) when it ends.
     let mut _fleet = None;
     let admin_task = admin.map(|admin| {
         // Reported once per process: the shards share these numbers.

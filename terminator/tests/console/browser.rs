@@ -3,6 +3,7 @@
 
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{json, Value};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,7 +38,10 @@ impl Browser {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let port = testkit::etcd::free_port();
+        // Its own process group, which the browsers it starts join: a
+        // test that panics still takes them all down (see Drop).
         let driver = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .env("HOME", &dir)
             .stdout(Stdio::null())
@@ -84,18 +88,23 @@ impl Browser {
             .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
     }
 
-    pub async fn close(mut self) {
+    /// Ends the session (the browser exits); the driver and the profile
+    /// go with `Drop`.
+    pub async fn close(self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
+/// Also when a test panics: no driver left running, no profile left in
+/// the temp dir.
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // SAFETY: kill(2) on the process group this Browser started.
+        unsafe {
+            libc::kill(-(self.driver.id() as i32), libc::SIGKILL);
+        }
         let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

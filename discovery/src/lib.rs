@@ -38,6 +38,10 @@ pub const PREFIX: &str = "/switchboard/services/";
 /// Traffic policies: `/switchboard/policy/<service>` → JSON (see the
 /// terminator's `policy` module and docs/operations.md).
 pub const POLICY_PREFIX: &str = "/switchboard/policy/";
+/// Terminators register here (`terminator/<instance>`), apart from the
+/// services so that no caller routes to them: only for their peers'
+/// consoles, which merge the fleet's histograms.
+pub const TERMINATORS: &str = "/switchboard/terminators/";
 /// Lease time to live: how long a crashed instance stays listed.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// How long a watcher keeps routing to an instance whose key vanished while

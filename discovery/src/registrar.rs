@@ -41,14 +41,20 @@ impl Registrar {
     /// Starts keeping `reg` registered. Returns at once; etcd being down is
     /// not an error (the task keeps trying).
     pub fn start(opts: EtcdOptions, reg: Registration) -> Registrar {
-        let shared = Arc::new(Shared::default());
         let key = reg.key();
+        Self::start_at(opts, key, reg)
+    }
+
+    /// [`Registrar::start`] under `key` rather than the service's
+    /// (terminators: [`crate::TERMINATORS`]).
+    pub fn start_at(opts: EtcdOptions, key: String, reg: Registration) -> Registrar {
+        let shared = Arc::new(Shared::default());
         let draining = serde_json::to_string(&Registration {
             draining: true,
             ..reg.clone()
         })
         .unwrap_or_default();
-        let task = tokio::spawn(run(opts, reg, shared.clone()));
+        let task = tokio::spawn(run(opts, key.clone(), reg, shared.clone()));
         Registrar {
             task,
             shared,
@@ -105,7 +111,7 @@ impl Drop for Registrar {
     }
 }
 
-async fn run(opts: EtcdOptions, reg: Registration, shared: Arc<Shared>) {
+async fn run(opts: EtcdOptions, key: String, reg: Registration, shared: Arc<Shared>) {
     let value = match serde_json::to_string(&reg) {
         Ok(v) => v,
         Err(e) => {
@@ -113,7 +119,6 @@ async fn run(opts: EtcdOptions, reg: Registration, shared: Arc<Shared>) {
             return;
         }
     };
-    let key = reg.key();
     let mut backoff = Duration::ZERO;
     let mut outage_reported = false;
     loop {

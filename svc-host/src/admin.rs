@@ -6,7 +6,8 @@
 //!   counters, gauges and latency percentiles added.
 //! - `/stats/histograms`: every latency histogram, HDR V2 compressed,
 //!   base64, for merging across instances.
-//! - anything else the process's [`Admin::page`] knows.
+//! - anything else the process's [`Admin::reply`] (any content type, with
+//!   the query) or [`Admin::page`] (JSON) knows.
 //!
 //! With `--admin-token FILE` ([`TokenArgs`]) every page but `/healthz` and
 //! `/readyz` (what orchestrators probe) needs `Authorization: Bearer
@@ -99,6 +100,12 @@ impl Token {
             .clone()
     }
 
+    /// The `Authorization` value that carries this token (for a process
+    /// reading a peer's admin pages with the token they share).
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", String::from_utf8_lossy(&self.value()))
+    }
+
     /// Whether an `Authorization` header value carries this token
     /// (`Bearer`, any case), compared in constant time.
     pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
@@ -132,12 +139,40 @@ impl Token {
 /// A JSON page: status and body.
 pub type Page = (StatusCode, String);
 
+/// A page of any content type (HTML, JS, CSS as well as JSON).
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(status: StatusCode, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: body.into(),
+        }
+    }
+}
+
+impl From<Page> for Reply {
+    fn from((status, body): Page) -> Reply {
+        Reply::json(status, body)
+    }
+}
+
 /// What a process shows on its admin port.
 pub trait Admin: Send + Sync + 'static {
     /// `/readyz`: `(true, body)` when the process should take traffic.
     fn ready(&self) -> (bool, String);
     /// Any other path; `None` is a 404.
     fn page(&self, _path: &str) -> Option<Page> {
+        None
+    }
+    /// Any path but the built-in ones, with its query, asked before
+    /// [`Admin::page`]; `None` passes it on to `page`.
+    fn reply(&self, _path: &str, _query: Option<&str>) -> Option<Reply> {
         None
     }
 }
@@ -188,16 +223,33 @@ pub async fn serve_with(listener: TcpListener, admin: Arc<dyn Admin>, token: Opt
             let r = match &token {
                 Some(t) if !open && !t.allows(auth) => unauthorized(&req),
                 _ => {
-                    let (status, body) = route(&*admin, path, req.uri().query());
-                    let mut r = Response::new(Full::new(Bytes::from(body)));
-                    *r.status_mut() = status;
+                    let reply = route(&*admin, path, req.uri().query());
+                    let mut r = Response::new(Full::new(reply.body));
+                    *r.status_mut() = reply.status;
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(reply.content_type),
+                    );
                     r
                 }
             };
             let mut r = r;
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
+            let h = r.headers_mut();
+            h.entry(http::header::CONTENT_TYPE)
+                .or_insert(http::HeaderValue::from_static("application/json"));
+            // Every page is live: a cached one would be a lie. The pages
+            // load nothing from elsewhere, and say so to the browser.
+            h.insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
+            h.insert(
+                http::header::CONTENT_SECURITY_POLICY,
+                http::HeaderValue::from_static("default-src 'self'; img-src 'self' data:"),
+            );
+            h.insert(
+                http::header::X_CONTENT_TYPE_OPTIONS,
+                http::HeaderValue::from_static("nosniff"),
             );
             async move { Ok::<_, std::convert::Infallible>(r) }
         });
@@ -237,7 +289,19 @@ fn unauthorized<B>(req: &http::Request<B>) -> Response<Full<Bytes>> {
     r
 }
 
-fn route(admin: &dyn Admin, path: &str, query: Option<&str>) -> Page {
+fn route(admin: &dyn Admin, path: &str, query: Option<&str>) -> Reply {
+    if !matches!(
+        path,
+        "/healthz" | "/readyz" | "/stats" | "/stats/histograms"
+    ) {
+        if let Some(r) = admin.reply(path, query) {
+            return r;
+        }
+    }
+    route_json(admin, path, query).into()
+}
+
+fn route_json(admin: &dyn Admin, path: &str, query: Option<&str>) -> Page {
     match path {
         "/healthz" => (StatusCode::OK, "{\"status\":\"ok\"}".into()),
         "/readyz" => match admin.ready() {

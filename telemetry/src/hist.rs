@@ -174,6 +174,24 @@ mod tests {
         assert_eq!(h.total().len(), 400_000);
     }
 
+    /// What one record costs on a warm slot (the console's per-instance
+    /// histogram adds one per bus call):
+    /// `cargo test -p telemetry --release --lib record_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a timing, not a check"]
+    fn record_cost() {
+        let h = Hist::new();
+        let n = 20_000_000u64;
+        h.record(1);
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            h.record(std::hint::black_box(100 + (i & 1023)));
+        }
+        let ns = t.elapsed().as_nanos() as f64 / n as f64;
+        assert_eq!(h.total().len(), n + 1);
+        println!("Hist::record: {ns:.1} ns");
+    }
+
     #[test]
     fn percentiles_and_clamping() {
         let h = Hist::new();

@@ -87,14 +87,10 @@ pub struct AccessLog {
     failed: Arc<AtomicU64>,
 }
 
-/// The instance's registered version, by endpoint (from etcd; empty
-/// without discovery).
-pub type Versions = Arc<parking_lot::RwLock<std::collections::HashMap<String, String>>>;
-
 impl AccessLog {
     /// Opens the target (a file is created if need be and appended to)
     /// and starts the writer thread.
-    pub fn open(target: Target, versions: Versions) -> std::io::Result<Arc<AccessLog>> {
+    pub fn open(target: Target) -> std::io::Result<Arc<AccessLog>> {
         let out = Output::open(&target)?;
         let (tx, rx) = sync_channel(QUEUE);
         let reopen = Arc::new(AtomicBool::new(false));
@@ -112,7 +108,6 @@ impl AccessLog {
             out,
             target,
             reopen,
-            versions,
             written: written.clone(),
             failed: failed.clone(),
         };
@@ -211,7 +206,6 @@ struct Writer {
     out: Output,
     target: Target,
     reopen: Arc<AtomicBool>,
-    versions: Versions,
     written: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
 }
@@ -283,7 +277,7 @@ impl Writer {
 
     fn format(&self, r: &Record, out: &mut Vec<u8>) {
         let instance = r.instance.as_ref().map(|i| i.endpoint());
-        let versions = self.versions.read();
+        let version = r.instance.as_ref().and_then(|i| i.version());
         let wall = SystemTime::now()
             .checked_sub(r.started.elapsed())
             .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -301,7 +295,7 @@ impl Writer {
             duration_ms: (r.duration.as_secs_f64() * 1e6).round() / 1e3,
             service: r.service.as_ref().map(|s| s.as_str()),
             instance,
-            version: instance.and_then(|e| versions.get(e)).map(|v| v.as_str()),
+            version: version.as_deref().map(|v| v.as_str()),
             retries: r.retries,
             shed: r.shed,
         };
@@ -365,7 +359,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sb-access-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("access.log");
-        let log = AccessLog::open(Target::File(p.clone()), Default::default()).unwrap();
+        let log = AccessLog::open(Target::File(p.clone())).unwrap();
         log.log(record("/kv/a?x=%22quoted%22"));
         assert!(log.flush(Duration::from_secs(5)));
         let text = std::fs::read_to_string(&p).unwrap();

@@ -59,6 +59,8 @@ pub struct Settings {
     pub admin: SocketAddr,
     pub routes: Vec<Route>,
     pub timeout: Duration,
+    /// The p99 the console holds every route to (`--p99-target`).
+    pub p99_target: Duration,
     pub max_body: usize,
     pub max_header_bytes: usize,
     pub max_in_flight: usize,
@@ -76,6 +78,9 @@ pub struct Settings {
     pub routes_explicit: bool,
     /// etcd discovery; None keeps the static routes.
     pub etcd: Option<discovery::EtcdOptions>,
+    /// `--advertise`: how peers reach this terminator's admin port (the
+    /// console's fleet view).
+    pub advertise: discovery::EtcdArgs,
     pub metrics: svc_host::metrics::MetricsSettings,
     /// `--bus-security` and `--curve-*`: what the bus clients use.
     pub bus_security: svc_host::security::BusSecurity,
@@ -112,6 +117,7 @@ impl Default for Settings {
                 timeout: None,
             }],
             timeout: DEFAULT_TIMEOUT,
+            p99_target: crate::console::DEFAULT_P99_TARGET,
             max_body: DEFAULT_MAX_BODY,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
@@ -123,6 +129,7 @@ impl Default for Settings {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             routes_explicit: false,
             etcd: None,
+            advertise: Default::default(),
             metrics: svc_host::metrics::MetricsArgs::default()
                 .settings()
                 .expect("defaults are valid"),
@@ -159,6 +166,9 @@ pub struct Args {
     /// Default deadline per request, e.g. 5s, 250ms [default: 5s]
     #[arg(long, env = "SWITCHBOARD_TIMEOUT")]
     pub timeout: Option<String>,
+    /// The p99 latency target each route is shown against on /console [default: 25ms]
+    #[arg(long, env = "SWITCHBOARD_P99_TARGET")]
+    pub p99_target: Option<String>,
     /// Largest request body in bytes [default: 1048576]
     #[arg(long, env = "SWITCHBOARD_MAX_BODY")]
     pub max_body: Option<String>,
@@ -244,6 +254,7 @@ struct File {
     http: Option<String>,
     admin: Option<String>,
     timeout: Option<String>,
+    p99_target: Option<String>,
     max_body: Option<usize>,
     max_header_bytes: Option<usize>,
     max_in_flight: Option<usize>,
@@ -415,6 +426,14 @@ impl Settings {
             &mut s.timeout,
             e,
         );
+        pick(
+            "p99_target",
+            args.p99_target,
+            file.p99_target,
+            dur,
+            &mut s.p99_target,
+            e,
+        );
         let num = |v: Option<usize>| v.map(|n| n.to_string());
         pick(
             "max_body",
@@ -496,6 +515,7 @@ impl Settings {
             Ok(o) => s.etcd = o,
             Err(p) => errors.extend(p),
         }
+        s.advertise = args.discovery.clone();
         match args.metrics.settings() {
             Ok(m) => s.metrics = m,
             Err(p) => errors.extend(p),

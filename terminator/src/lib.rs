@@ -19,6 +19,9 @@
 //! - [`conn`]: one HTTP connection from accept to close: idle timeout,
 //!   the connection cap, what a drain does to it, the TLS handshake.
 //! - [`tls`]: certificates (SNI, reload on change and SIGHUP), rustls.
+//! - [`console`]: `/console` on the admin port, the live page and its
+//!   JSON, computed from the metrics' totals on the admin side; with
+//!   etcd, the fleet's histograms merged.
 //! - [`server`]: accept loops, admin endpoints, graceful drain; a process
 //!   is one or more shards (`server::serve`): one single-threaded shard
 //!   per core by default (`--runtime per-core`), so a request never leaves
@@ -32,6 +35,7 @@ pub mod access_log;
 pub mod admission;
 pub mod config;
 pub mod conn;
+pub mod console;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
@@ -97,7 +101,7 @@ pub fn main() -> ExitCode {
         shared.tls = Some(tls);
     }
     if let Some(t) = &settings.access_log {
-        match access_log::AccessLog::open(t.clone(), shared.upstreams.versions.clone()) {
+        match access_log::AccessLog::open(t.clone()) {
             Ok(l) => shared.access_log = Some(l),
             Err(e) => {
                 eprintln!("terminator: --access-log: {e}");

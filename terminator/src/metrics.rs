@@ -163,3 +163,47 @@ impl EdgeMetrics {
         }
     }
 }
+
+/// Cumulative totals of the edge counters, for readers that diff two
+/// readings (the console); read on the admin side, never per request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EdgeTotals {
+    pub requests: u64,
+    /// 1xx..5xx.
+    pub by_class: [u64; 5],
+    pub status_504: u64,
+    pub shed: u64,
+    pub no_instance: u64,
+    pub no_route: u64,
+    pub connections: i64,
+}
+
+impl EdgeMetrics {
+    pub fn totals(&self) -> EdgeTotals {
+        EdgeTotals {
+            requests: self.requests.get(),
+            by_class: std::array::from_fn(|i| self.by_class[i].get()),
+            status_504: self.status_504.get(),
+            shed: self.shed.get(),
+            no_instance: self.no_instance.get(),
+            no_route: self.no_route.get(),
+            connections: self.connections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Every route's histograms, by prefix (without its trailing `/`).
+    pub fn routes(&self) -> Vec<(String, Arc<RouteHists>)> {
+        self.routes
+            .lock()
+            .iter()
+            .map(|(p, h)| (p.clone(), h.clone()))
+            .collect()
+    }
+}
+
+impl RouteHists {
+    /// Everything recorded since start, by status class (1xx..5xx).
+    pub fn totals(&self) -> [hdrhistogram::Histogram<u64>; 5] {
+        std::array::from_fn(|i| self.by_class[i].total())
+    }
+}

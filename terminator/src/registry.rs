@@ -172,12 +172,6 @@ impl Follower {
         for r in snap.values() {
             by_service.entry(&r.service).or_default().push(r);
         }
-        self.routes.set_versions(
-            snap.values()
-                .filter(|r| !r.version.is_empty())
-                .map(|r| (r.bus.clone(), r.version.clone()))
-                .collect(),
-        );
         // Instances first, so a new table never points at a client that
         // has not been told its endpoints.
         for (service, regs) in &by_service {

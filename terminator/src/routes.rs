@@ -78,12 +78,6 @@ impl Routes {
     }
 
     /// The process-wide state of `service`'s upstream.
-    /// Records each registered instance's version (the access log's
-    /// `version`), replacing what was known.
-    pub fn set_versions(&self, v: std::collections::HashMap<String, String>) {
-        *self.upstreams.versions.write() = v;
-    }
-
     pub fn upstream(&self, service: &str) -> Arc<Upstream> {
         self.upstreams.get(service)
     }

@@ -44,6 +44,8 @@ pub struct Shared {
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// `--policy`: traffic policies by service, reloaded in place.
     pub policies: Arc<crate::policy::Policies>,
+    /// `/console` on the admin port.
+    pub console: Arc<crate::console::Console>,
 }
 
 impl Shared {
@@ -58,6 +60,7 @@ impl Shared {
             tls: None,
             access_log: None,
             policies: Default::default(),
+            console: Arc::new(crate::console::Console::new(settings.p99_target)),
         }
     }
 }
@@ -119,11 +122,17 @@ pub async fn serve_listeners(
             routes.clone(),
         )));
         let f = follower.clone();
+        let console = primary.then(|| shared.console.clone());
         discovery::Watcher::start_with_liveness(
             o,
             discovery::PREFIX.into(),
             move |r| f.lock().is_live(r),
-            move |snap| follower.lock().apply(snap),
+            move |snap| {
+                if let Some(c) = &console {
+                    c.registrations(snap);
+                }
+                follower.lock().apply(snap)
+            },
         )
     });
     // Policies are process-wide: the primary shard follows etcd's.
@@ -144,15 +153,24 @@ pub async fn serve_listeners(
         policies: shared.policies.clone(),
     });
     let draining = shared.draining.clone();
+    // With etcd, the primary's fleet registration, watch and sampler:
+    // held for the shard's life, dropped (deregistered) when it ends.
+    let mut _fleet = None;
     let admin_task = admin.map(|admin| {
         // Reported once per process: the shards share these numbers.
         telemetry::register(&edge);
+        _fleet = settings
+            .etcd
+            .clone()
+            .zip(admin.local_addr().ok())
+            .map(|(o, a)| fleet(&settings, o, a, &shared, &edge));
         tokio::spawn(svc_host::admin::serve_with(
             admin,
             Arc::new(AdminPages {
                 edge: edge.clone(),
                 draining: draining.clone(),
                 shards: shared.shards.clone(),
+                console: shared.console.clone(),
             }),
             settings.admin_token.clone(),
         ))
@@ -286,6 +304,53 @@ pub async fn serve_listeners(
     Ok(())
 }
 
+/// With etcd: registers this terminator's admin URL for its peers'
+/// consoles, follows theirs, and starts the fleet sampler (idle unless
+/// the console is watched). Dropping the result stops all three.
+fn fleet(
+    settings: &Settings,
+    o: discovery::EtcdOptions,
+    admin: std::net::SocketAddr,
+    shared: &Shared,
+    edge: &Edge,
+) -> (discovery::Registrar, discovery::Watcher, AbortOnDrop) {
+    let url = settings.advertise.advertised_url(admin);
+    let f = crate::console::fleet::Fleet::new(url.clone());
+    shared.console.set_fleet(f.clone());
+    let instance = discovery::registration::instance_id();
+    let reg = discovery::Registration {
+        service: "terminator".into(),
+        instance: instance.clone(),
+        bus: String::new(),
+        events: None,
+        admin: url,
+        routes: Vec::new(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        draining: false,
+        curve_key: None,
+    };
+    let key = format!("{}terminator/{instance}", discovery::TERMINATORS);
+    let registrar = discovery::Registrar::start_at(o.clone(), key, reg);
+    let w = f.clone();
+    let watcher = discovery::Watcher::start(o, discovery::TERMINATORS.into(), move |snap| {
+        w.registrations(snap)
+    });
+    let bearer = settings.admin_token.as_ref().map(|t| t.bearer());
+    let task = tokio::spawn(f.run(edge.metrics.clone(), bearer));
+    (registrar, watcher, AbortOnDrop(task))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The next connection on `l`; never, without one.
 async fn accept_on(
     l: Option<&TcpListener>,
@@ -300,6 +365,7 @@ struct AdminPages {
     edge: Arc<Edge>,
     draining: Arc<AtomicBool>,
     shards: Arc<parking_lot::Mutex<Vec<Arc<Routes>>>>,
+    console: Arc<crate::console::Console>,
 }
 
 impl svc_host::admin::Admin for AdminPages {
@@ -313,6 +379,10 @@ impl svc_host::admin::Admin for AdminPages {
             "/policy" => Some((StatusCode::OK, self.edge.policies.page().to_string())),
             _ => None,
         }
+    }
+
+    fn reply(&self, path: &str, query: Option<&str>) -> Option<svc_host::admin::Reply> {
+        self.console.reply(&self.edge, &self.shards, path, query)
     }
 }
 

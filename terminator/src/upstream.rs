@@ -33,9 +33,6 @@ pub struct Policy {
 pub struct Upstreams {
     policy: Policy,
     map: Mutex<BTreeMap<String, Arc<Upstream>>>,
-    /// Each registered instance's version, by endpoint, from discovery:
-    /// for the access log (read off the request path).
-    pub versions: crate::access_log::Versions,
 }
 
 impl Upstreams {
@@ -43,7 +40,6 @@ impl Upstreams {
         let u = Arc::new(Upstreams {
             policy,
             map: Mutex::new(BTreeMap::new()),
-            versions: Default::default(),
         });
         telemetry::register(&u);
         u

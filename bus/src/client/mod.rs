@@ -469,7 +469,9 @@ impl Client {
             Ok(Ok(Ok(raw))) => decode_reply(raw),
         };
         if matches!(result, Ok(_) | Err(CallError::Remote { .. })) {
-            hist.record_duration(now.elapsed());
+            let took = now.elapsed();
+            hist.record_duration(took);
+            inst.latency.record_duration(took);
         }
         let counter = match &result {
             Ok(_) => &c.replies,

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// One instance of the service, as the callers see it.
-#[derive(Debug)]
 pub struct Instance {
     pub(crate) id: u64,
     pub(crate) endpoint: String,
@@ -26,6 +25,22 @@ pub struct Instance {
     pub(crate) retire: Notify,
     /// The version the instance registered, if known (discovery).
     pub(crate) version: ArcSwapOption<String>,
+    /// Answered calls to this instance, µs: what shows one slow instance
+    /// among many (the terminator's console). The call already measures
+    /// its time; this is one more lock-free record.
+    pub(crate) latency: telemetry::Hist,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("id", &self.id)
+            .field("endpoint", &self.endpoint)
+            .field("connected", &self.connected)
+            .field("outstanding", &self.outstanding)
+            .field("retiring", &self.retiring)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Instance {
@@ -41,6 +56,7 @@ impl Instance {
             retiring: AtomicBool::new(false),
             retire: Notify::new(),
             version: ArcSwapOption::empty(),
+            latency: telemetry::Hist::new(),
         }
     }
 
@@ -61,6 +77,11 @@ impl Instance {
     }
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
+    }
+    /// Every answered call to this instance since it was added, µs
+    /// (cumulative: diff two readings for a window).
+    pub fn latency_total(&self) -> hdrhistogram::Histogram<u64> {
+        self.latency.total()
     }
     /// Whether a handshake with this instance ever completed.
     pub fn ever_connected(&self) -> bool {

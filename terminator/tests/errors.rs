@@ -229,19 +229,25 @@ fn over_the_in_flight_limit_is_503_overloaded_with_retry_after() {
     wait_until(Duration::from_secs(20), "the service is reached", || {
         curl_with("GET", &format!("{base}/svc/ok"), None, &[]).status == 200
     });
-    // One request held by the service fills the limit.
+    // One request held by the service fills the limit. Watched on the
+    // admin port, not by polling /svc/ok: a poll would itself hold the one
+    // slot and have the held request shed instead.
     let held = {
         let url = format!("{base}/svc/hold");
         std::thread::spawn(move || curl_with("GET", &url, None, &[]).status)
     };
-    let mut shed = None;
-    wait_until(Duration::from_secs(3), "a request is shed", || {
-        let r = curl_with("GET", &format!("{base}/svc/ok"), None, &[]);
-        let done = r.status == 503;
-        shed = Some(r);
-        done
-    });
-    let shed = shed.unwrap();
+    let stats = format!("{}/stats", term.addr("admin"));
+    wait_until(
+        Duration::from_secs(10),
+        "the held request is in flight",
+        || {
+            let r = curl_with("GET", &stats, None, &[]);
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            v["gauges"]["in_flight"].as_u64() == Some(1)
+        },
+    );
+    let shed = curl_with("GET", &format!("{base}/svc/ok"), None, &[]);
+    assert_eq!(shed.status, 503, "{}", shed.text());
     assert_eq!(shed.header("retry-after"), Some("1"));
     let j: serde_json::Value = serde_json::from_slice(&shed.body).unwrap();
     assert_eq!(

@@ -132,6 +132,20 @@ fn weights_pins_and_live_policy_changes_across_two_versions() {
     );
     assert_eq!(by.values().sum::<usize>(), 10_000, "{by:?}");
 
+    // The console shows the weights in force.
+    let data = curl("GET", &format!("{}/console/data", t.addr("admin")), None);
+    let v: serde_json::Value = serde_json::from_slice(&data.body).unwrap();
+    let svc = v["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["service"] == "aggregator"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        svc["weights"],
+        serde_json::json!({"v1": 90, "v2": 10}),
+        "{v}"
+    );
+
     // A pin beats the weights.
     for _ in 0..200 {
         assert_eq!(c.get(Some("v2")), (200, "v2".into()));

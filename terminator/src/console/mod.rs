@@ -120,6 +120,21 @@ impl Console {
             &self.versions.load(),
         );
         drop(h);
+        // The traffic policy in force per service (`--policy`, etcd):
+        // weights by version, so a ramp can be watched here.
+        if let Some(services) = body["services"].as_array_mut() {
+            for s in services {
+                let name = s["service"].as_str().unwrap_or_default().to_string();
+                s["weights"] = match edge.policies.get(&name).and_then(|p| p.weights.clone()) {
+                    Some(w) => {
+                        w.0.into_iter()
+                            .map(|(v, w)| (v, serde_json::Value::from(w)))
+                            .collect()
+                    }
+                    None => serde_json::Value::Null,
+                };
+            }
+        }
         body["fleet"] = match self.fleet.get() {
             Some(f) => {
                 f.polled();

@@ -171,7 +171,8 @@ function renderServices(d) {
     const meta = "admission limit " + a.limit + ", in flight " + a.in_flight + ", shed " + num(a.shed_per_s) +
       "/s · pending " + s.pending + " · retries " + num(s.retries_per_s) + "/s (" + s.retries_total +
       " total) · retry budget refusals " + num(s.retry_budget_refusals_per_s) + "/s (" +
-      s.retry_budget_refusals_total + " total) · timeouts " + num(s.timeouts_per_s) + "/s";
+      s.retry_budget_refusals_total + " total) · timeouts " + num(s.timeouts_per_s) + "/s" +
+      (s.weights ? " · weights " + Object.entries(s.weights).map(([v, w]) => v + "=" + w).join(" ") : "");
     return el("div", { class: "service", "data-service": s.service }, el("h3", {}, s.service),
       el("div", { class: "meta" }, meta), table);
   }));

@@ -146,6 +146,14 @@ fn weights_pins_and_live_policy_changes_across_two_versions() {
         "{v}"
     );
 
+    // And each instance's registered version.
+    let mut shown: Vec<&str> = svc["instances"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["version"].as_str()).collect())
+        .unwrap_or_default();
+    shown.sort();
+    assert_eq!(shown, ["v1", "v2"], "{svc}");
+
     // A pin beats the weights.
     for _ in 0..200 {
         assert_eq!(c.get(Some("v2")), (200, "v2".into()));

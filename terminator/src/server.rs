@@ -122,17 +122,11 @@ pub async fn serve_listeners(
             routes.clone(),
         )));
         let f = follower.clone();
-        let console = primary.then(|| shared.console.clone());
         discovery::Watcher::start_with_liveness(
             o,
             discovery::PREFIX.into(),
             move |r| f.lock().is_live(r),
-            move |snap| {
-                if let Some(c) = &console {
-                    c.registrations(snap);
-                }
-                follower.lock().apply(snap)
-            },
+            move |snap| follower.lock().apply(snap),
         )
     });
     // Policies are process-wide: the primary shard follows etcd's.

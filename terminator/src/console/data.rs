@@ -169,7 +169,6 @@ impl History {
         points: usize,
         target_ms: f64,
         max_in_flight: usize,
-        versions: &BTreeMap<String, String>,
     ) -> Value {
         let Some(now) = &self.last else {
             return json!({});
@@ -251,7 +250,7 @@ impl History {
                             .map_or(0, |h| h.len());
                         json!({
                             "endpoint": ep,
-                            "version": versions.get(ep),
+                            "version": i.version,
                             "connected": i.connected,
                             "outstanding": i.outstanding,
                             "calls_per_s": rate(last),
@@ -356,7 +355,7 @@ mod tests {
         h.refresh(|| panic!("a fresh reading is reused"));
         h.last.as_mut().unwrap().at = t0 - Duration::from_secs(1);
         h.refresh(|| reading(t0, &both, 7));
-        let v = h.json(10, 60, 25.0, 100, &BTreeMap::new());
+        let v = h.json(10, 60, 25.0, 100);
         let r = &v["routes"][0];
         assert_eq!(r["route"], "/");
         assert_eq!(r["requests_per_s"], 100.0, "{v}");

@@ -19,10 +19,8 @@ mod reading;
 
 use crate::proxy::Edge;
 use crate::routes::Routes;
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::StatusCode;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use svc_host::admin::Reply;
@@ -40,9 +38,6 @@ const CSS: &str = include_str!("assets/console.css");
 pub struct Console {
     target: Duration,
     history: parking_lot::Mutex<data::History>,
-    /// Bus endpoint → version, from the etcd registrations (empty without
-    /// etcd: the version is then unknown).
-    versions: ArcSwap<BTreeMap<String, String>>,
     /// With etcd: the other terminators.
     fleet: std::sync::OnceLock<Arc<fleet::Fleet>>,
 }
@@ -52,7 +47,6 @@ impl Console {
         Console {
             target,
             history: Default::default(),
-            versions: Default::default(),
             fleet: Default::default(),
         }
     }
@@ -60,15 +54,6 @@ impl Console {
     /// Shows the fleet too (with etcd; once).
     pub fn set_fleet(&self, f: Arc<fleet::Fleet>) {
         let _ = self.fleet.set(f);
-    }
-
-    /// Notes the versions the registrations announce.
-    pub fn registrations(&self, snap: &discovery::Snapshot) {
-        let v = snap
-            .values()
-            .map(|r| (r.bus.clone(), r.version.clone()))
-            .collect();
-        self.versions.store(Arc::new(v));
     }
 
     /// The console's pages; `None` for any other path.
@@ -112,13 +97,7 @@ impl Console {
         let mut h = self.history.lock();
         h.refresh(|| reading::Reading::take(edge, &shards.lock()));
         let target_ms = self.target.as_secs_f64() * 1000.0;
-        let mut body = h.json(
-            q.window,
-            q.points,
-            target_ms,
-            edge.max_in_flight,
-            &self.versions.load(),
-        );
+        let mut body = h.json(q.window, q.points, target_ms, edge.max_in_flight);
         drop(h);
         // The traffic policy in force per service (`--policy`, etcd):
         // weights by version, so a ramp can be watched here.

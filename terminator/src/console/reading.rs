@@ -48,6 +48,8 @@ pub(crate) struct InstanceReading {
     pub connected: bool,
     pub outstanding: usize,
     pub latency: Histogram<u64>,
+    /// Its registered version (etcd); None without discovery.
+    pub version: Option<String>,
 }
 
 /// `""` (the root) is `/`; every other prefix gets its trailing `/`, as
@@ -114,6 +116,7 @@ impl Reading {
                                     connected: inst.is_connected(),
                                     outstanding: inst.outstanding(),
                                     latency: lat,
+                                    version: inst.version().map(|v| v.to_string()),
                                 },
                             );
                         }

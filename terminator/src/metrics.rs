@@ -63,7 +63,9 @@ pub struct EdgeMetrics {
     pub connections: AtomicI64,
     routes: Mutex<BTreeMap<String, Arc<RouteHists>>>,
     /// By (service, version); created on a version's first call.
-    versions: parking_lot::RwLock<BTreeMap<(String, String), Arc<VersionStats>>>,
+    /// Service → version → counters: looked up by `&str`, no allocation
+    /// per request.
+    versions: parking_lot::RwLock<BTreeMap<String, BTreeMap<String, Arc<VersionStats>>>>,
 }
 
 impl EdgeMetrics {
@@ -83,13 +85,16 @@ impl EdgeMetrics {
         if let Some(v) = self
             .versions
             .read()
-            .get(&(service.to_string(), version.to_string()))
+            .get(service)
+            .and_then(|m| m.get(version))
         {
             return v.clone();
         }
         self.versions
             .write()
-            .entry((service.to_string(), version.to_string()))
+            .entry(service.to_string())
+            .or_default()
+            .entry(version.to_string())
             .or_default()
             .clone()
     }
@@ -145,7 +150,11 @@ impl EdgeMetrics {
         v.gauge("in_flight", in_flight as i64);
         v.gauge("connections", m.connections.load(Ordering::Relaxed));
         v.histogram("latency", &m.latency);
-        for ((service, version), s) in m.versions.read().iter() {
+        let versions = m.versions.read();
+        let flat = versions
+            .iter()
+            .flat_map(|(service, vs)| vs.iter().map(move |(v, s)| (service, v, s)));
+        for (service, version, s) in flat {
             let p = format!(
                 "version.{}.{}",
                 telemetry::sanitize(service),

@@ -14,20 +14,7 @@ use testkit::etcd::Etcd;
 use testkit::{curl, wait_until, Proc};
 
 fn aggregator(etcd: &Etcd, version: &str) -> Proc {
-    let url = etcd.url();
-    Proc::start(
-        "aggregator",
-        &[
-            "--bus",
-            "tcp://127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--etcd",
-            &url,
-            "--service-version",
-            version,
-        ],
-    )
+    testkit::etcd::versioned_aggregator(etcd, version, &[])
 }
 
 /// One keep-alive HTTP/1.1 connection: GET /echo, optionally pinned.

@@ -10,22 +10,7 @@ use testkit::etcd::Etcd;
 use testkit::{bin, curl, wait_until, Proc};
 
 fn aggregator(etcd: &Etcd, version: &str, backend: &str) -> Proc {
-    let url = etcd.url();
-    Proc::start(
-        "aggregator",
-        &[
-            "--bus",
-            "tcp://127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--etcd",
-            &url,
-            "--backend",
-            backend,
-            "--service-version",
-            version,
-        ],
-    )
+    testkit::etcd::versioned_aggregator(etcd, version, &["--backend", backend])
 }
 
 fn sbctl(etcd: &Etcd, admin: &str, args: &[&str]) -> (bool, String, String) {

@@ -161,3 +161,21 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0")
 }
+
+/// An aggregator on port 0 registered in `etcd` as `version`, with `extra`
+/// flags (the live-upgrade tests run several versions side by side).
+pub fn versioned_aggregator(etcd: &Etcd, version: &str, extra: &[&str]) -> crate::Proc {
+    let url = etcd.url();
+    let mut args = vec![
+        "--bus",
+        "tcp://127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--etcd",
+        &url,
+        "--service-version",
+        version,
+    ];
+    args.extend_from_slice(extra);
+    crate::Proc::start("aggregator", &args)
+}

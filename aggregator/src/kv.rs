@@ -26,7 +26,11 @@
 //! backend 5xx becomes 502 `upstream_error`.
 //!
 //! Every backend call gets the caller's deadline, so it runs on what is
-//! left of the budget the terminator set.
+//! left of the budget the terminator set, the caller's request id, and
+//! its ghost mark (a ghost's backend calls are ghosts too: backend-svc
+//! then writes nothing). The `backend` traffic policy (`--policy`, etcd)
+//! splits the calls by version and pins them by the client's header or
+//! cookie, which the terminator passed on.
 
 use crate::cache::Cache;
 use base64::Engine;
@@ -44,6 +48,39 @@ pub struct Kv {
     pub client: Arc<Client>,
     pub cache: Option<Cache>,
     pub chunk: usize,
+    /// Traffic policies; the `backend` one applies here.
+    pub policies: Arc<traffic::Policies>,
+}
+
+/// What a backend call inherits from the request it serves.
+#[derive(Clone)]
+struct Origin {
+    request_id: bus::Text,
+    ghost: bool,
+    /// The backend version the client's header or cookie pins, if any.
+    pin: Option<String>,
+}
+
+/// A backend call on behalf of `o`, routed by the backend's policy.
+async fn call(
+    client: &Client,
+    policies: &traffic::Policies,
+    mut r: Request,
+    o: &Origin,
+    deadline: Instant,
+    idempotent: bool,
+) -> Result<Reply, CallError> {
+    r.request_id = o.request_id.clone();
+    r.ghost = o.ghost;
+    let policy = policies.get(proto::SERVICE);
+    let route = bus::Route {
+        version: o.pin.as_deref(),
+        weights: policy.as_ref().and_then(|p| p.weights.as_ref()),
+    };
+    let mut trace = bus::CallTrace::default();
+    client
+        .call_traced(r, deadline, idempotent, route, &mut trace)
+        .await
 }
 
 impl Kv {
@@ -58,36 +95,44 @@ impl Kv {
         let (route, query) = path.split_once('?').unwrap_or((path, ""));
         let method = req.http_method.as_str();
         let rid = &req.request_id;
+        let o = Origin {
+            request_id: rid.clone(),
+            ghost: req.ghost,
+            pin: self
+                .policies
+                .get(proto::SERVICE)
+                .and_then(|p| p.pinned_bus(&req.headers).map(str::to_string)),
+        };
+        let o = &o;
         if route == "/kv" {
             return match method {
-                "GET" | "HEAD" => self.multi_get(query, rid, deadline).await,
+                "GET" | "HEAD" => self.multi_get(query, o, deadline).await,
                 _ => Ok(method_not_allowed("GET", rid)),
             };
         }
         let key = decode_key(&route["/kv/".len()..])?;
         match method {
-            "GET" | "HEAD" => self.get(key, rid, deadline).await,
+            "GET" | "HEAD" => self.get(key, o, deadline).await,
             "PUT" => {
-                self.write(proto::PUT, key, req.body.clone(), rid, deadline)
+                self.write(proto::PUT, key, req.body.clone(), o, deadline)
                     .await
             }
             "DELETE" => {
-                self.write(proto::DELETE, key, Bytes::new(), rid, deadline)
+                self.write(proto::DELETE, key, Bytes::new(), o, deadline)
                     .await
             }
             _ => Ok(method_not_allowed("GET, PUT, DELETE", rid)),
         }
     }
 
-    async fn get(&self, key: Bytes, rid: &bus::Text, deadline: Instant) -> Result<Reply, Problem> {
+    async fn get(&self, key: Bytes, o: &Origin, deadline: Instant) -> Result<Reply, Problem> {
         if let Some(v) = self.cache.as_ref().and_then(|c| c.get(&key)) {
             return Ok(value_reply(v));
         }
         let ticket = self.cache.as_ref().map(|c| c.ticket(&key));
         let mut r = Request::new(proto::SERVICE, proto::GET);
         r.path = key.clone().try_into_text();
-        r.request_id = rid.clone();
-        let reply = self.client.call(r, deadline).await;
+        let reply = call(&self.client, &self.policies, r, o, deadline, true).await;
         match reply.map_err(|e| Problem::from_call(&e))? {
             reply if reply.status == 200 => {
                 if let (Some(c), Some(t)) = (&self.cache, ticket) {
@@ -105,14 +150,13 @@ impl Kv {
         method: &'static str,
         key: Bytes,
         body: Bytes,
-        rid: &bus::Text,
+        o: &Origin,
         deadline: Instant,
     ) -> Result<Reply, Problem> {
         let mut r = Request::new(proto::SERVICE, method);
         r.path = key.clone().try_into_text();
         r.body = body;
-        r.request_id = rid.clone();
-        let out = self.client.call(r, deadline).await;
+        let out = call(&self.client, &self.policies, r, o, deadline, false).await;
         // Whatever the outcome (a timed-out write may still land), this
         // aggregator's copy can no longer be trusted.
         if let Some(c) = &self.cache {
@@ -124,7 +168,7 @@ impl Kv {
     async fn multi_get(
         &self,
         query: &str,
-        rid: &bus::Text,
+        o: &Origin,
         deadline: Instant,
     ) -> Result<Reply, Problem> {
         let mut raw: Vec<&str> = Vec::new();
@@ -192,11 +236,10 @@ impl Kv {
             };
             let mut r = Request::new(proto::SERVICE, proto::MULTI_GET);
             r.body = proto::encode_keys(&chunk_keys);
-            r.request_id = rid.clone();
-            let client = self.client.clone();
+            let (client, policies, o) = (self.client.clone(), self.policies.clone(), o.clone());
             calls.spawn(async move {
                 let n = idx.len();
-                let out = match client.call(r, deadline).await {
+                let out = match call(&client, &policies, r, &o, deadline, true).await {
                     Ok(reply) if reply.status == 200 => proto::decode_values(&reply.body, n)
                         .map_err(|e| Failure::Protocol(e.to_string())),
                     Ok(reply) => Err(Failure::Status(reply.status)),

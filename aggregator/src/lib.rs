@@ -69,6 +69,11 @@ pub struct Flags {
     /// Time in-flight requests get to finish on SIGTERM [default: 30s]
     #[arg(long, env = "SWITCHBOARD_GRACE")]
     pub grace: Option<String>,
+    /// Traffic policy for the backend calls, JSON (docs/operations.md):
+    /// weights by version and pins; re-read on change and on SIGHUP.
+    /// With --etcd, /switchboard/policy/backend wins over it
+    #[arg(long = "policy", value_name = "FILE", env = "SWITCHBOARD_POLICY")]
+    pub policy: Option<std::path::PathBuf>,
 
     #[command(flatten)]
     pub discovery: discovery::EtcdArgs,
@@ -102,6 +107,8 @@ pub struct Args {
     pub cache_entries: usize,
     pub multi_chunk: usize,
     pub grace: Duration,
+    /// `--policy`: the backend calls' traffic policy file.
+    pub policy: Option<std::path::PathBuf>,
     pub discovery: discovery::EtcdArgs,
     /// `--service-version`: what this instance registers.
     pub version: discovery::VersionArgs,
@@ -169,6 +176,7 @@ impl Args {
                 count,
             ),
             grace: p.get("--grace", f.grace.as_deref(), DEFAULT_GRACE, duration),
+            policy: f.policy,
             discovery: f.discovery,
             version: f.version,
             metrics: f.metrics,
@@ -193,6 +201,11 @@ impl Args {
                 if let Err(e) = bus::check_endpoint(ep) {
                     p.push(format!("{flag}: {e}"));
                 }
+            }
+        }
+        if let Some(f) = &self.policy {
+            if let Err(e) = traffic::policy::read(f) {
+                p.extend(e.into_iter().map(|e| format!("--policy: {e}")));
             }
         }
         if let Err(e) = self.runtime.threads() {
@@ -255,6 +268,7 @@ impl App {
                 client,
                 cache,
                 chunk: args.multi_chunk,
+                policies: Default::default(),
             },
         })
     }
@@ -309,8 +323,21 @@ pub async fn run(
         async move { a.handle(req, deadline).await }
     })?;
     on_bound(svc.endpoint());
+    if let Some(f) = &args.policy {
+        // Checked by `problems`; a file that went bad since is refused
+        // here the same way, and the calls go unweighted.
+        if let Err(e) = app.kv.policies.follow(f.clone()) {
+            tracing::warn!(problems = %e.join("; "), "traffic policy refused");
+        }
+    }
     let etcd = args.discovery.options().ok().flatten();
     let _backend_watch = etcd.clone().map(|o| watch_backend(o, app.clone(), &args));
+    let _policy_watch = etcd.clone().map(|o| {
+        let policies = app.kv.policies.clone();
+        discovery::Watcher::start_documents(o, discovery::POLICY_PREFIX.into(), move |docs| {
+            policies.apply_etcd(docs)
+        })
+    });
     let registrar = etcd.map(|o| {
         let reg = discovery::Registration {
             service: "aggregator".into(),
@@ -404,6 +431,11 @@ fn watch_backend(o: discovery::EtcdOptions, app: Arc<App>, args: &Args) -> disco
                 .collect();
             let _ = app.kv.client.set_endpoints_with_keys(&good);
         }
+        let versions: Vec<(String, Option<String>)> = snap
+            .values()
+            .map(|r| (r.bus.clone(), Some(r.version.clone())))
+            .collect();
+        app.kv.client.set_versions(&versions);
         if let Some(c) = &app.kv.cache {
             if let Err(e) = c.set_event_endpoints(&events_keyed) {
                 tracing::warn!(error = %e, "a registered events endpoint is unusable");
@@ -439,6 +471,9 @@ impl svc_host::admin::Admin for AdminPages {
     }
 
     fn page(&self, path: &str) -> Option<svc_host::admin::Page> {
+        if path == "/policy" {
+            return Some((StatusCode::OK, self.app.kv.policies.page().to_string()));
+        }
         if path != "/stats" {
             return None;
         }

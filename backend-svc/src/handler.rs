@@ -23,8 +23,11 @@ impl Kv {
     pub async fn handle(&self, req: Request, deadline: Instant) -> Reply {
         let out = match req.method.as_str() {
             proto::GET => self.get(req.path.as_bytes()),
-            proto::PUT => self.put(req.path.as_bytes(), req.body, deadline).await,
-            proto::DELETE => self.delete(req.path.as_bytes(), deadline).await,
+            proto::PUT => {
+                self.put(req.path.as_bytes(), req.body, deadline, req.ghost)
+                    .await
+            }
+            proto::DELETE => self.delete(req.path.as_bytes(), deadline, req.ghost).await,
             proto::MULTI_GET => self.multi_get(&req.body),
             other => Err(Problem::new(
                 404,
@@ -44,7 +47,15 @@ impl Kv {
         }
     }
 
-    async fn put(&self, key: &Bytes, value: Bytes, deadline: Instant) -> Result<Reply, Problem> {
+    /// `ghost`: a mirrored copy (bus flag GHOST): checked and answered as
+    /// a write would be, and nothing is written.
+    async fn put(
+        &self,
+        key: &Bytes,
+        value: Bytes,
+        deadline: Instant,
+        ghost: bool,
+    ) -> Result<Reply, Problem> {
         check_key(key).map_err(bad_key)?;
         if value.len() > self.max_value {
             return Err(Problem::new(
@@ -57,6 +68,9 @@ impl Kv {
                 ),
             ));
         }
+        if ghost {
+            return write_reply(Ok(()));
+        }
         write_reply(
             self.store
                 .write(Op::Put(key.clone(), value), deadline)
@@ -64,8 +78,11 @@ impl Kv {
         )
     }
 
-    async fn delete(&self, key: &Bytes, deadline: Instant) -> Result<Reply, Problem> {
+    async fn delete(&self, key: &Bytes, deadline: Instant, ghost: bool) -> Result<Reply, Problem> {
         check_key(key).map_err(bad_key)?;
+        if ghost {
+            return write_reply(Ok(()));
+        }
         write_reply(self.store.write(Op::Delete(key.clone()), deadline).await)
     }
 
@@ -113,4 +130,47 @@ fn write_reply(r: Result<(), WriteError>) -> Result<Reply, Problem> {
 fn store_failure(e: crate::store::StoreError) -> Problem {
     tracing::error!(error = %e, "read failed");
     Problem::new(500, "internal_error", "store failure")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_ghost_write_is_answered_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let changed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c2 = changed.clone();
+        let store = Store::open(
+            dir.path(),
+            16,
+            Box::new(move |_| {
+                c2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }),
+        )
+        .unwrap();
+        let kv = Kv::new(Arc::new(store), 1024);
+        let far = Instant::now() + std::time::Duration::from_secs(5);
+        let req = |method: &'static str, ghost: bool| {
+            let mut r = Request::new(proto::SERVICE, method);
+            r.path = "k".into();
+            r.body = Bytes::from_static(b"v");
+            r.ghost = ghost;
+            r
+        };
+        assert_eq!(kv.handle(req(proto::PUT, true), far).await.status, 204);
+        assert_eq!(kv.handle(req(proto::GET, true), far).await.status, 404);
+        assert_eq!(kv.handle(req(proto::PUT, false), far).await.status, 204);
+        assert_eq!(kv.handle(req(proto::DELETE, true), far).await.status, 204);
+        assert_eq!(kv.handle(req(proto::GET, false), far).await.status, 200);
+        assert_eq!(
+            changed.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "one real write, no event for the ghosts"
+        );
+        // A ghost write is still checked: a bad key is the same 400.
+        let mut bad = req(proto::PUT, true);
+        bad.path = "bad key".into();
+        assert_eq!(kv.handle(bad, far).await.status, 400);
+    }
 }

@@ -17,7 +17,10 @@
 //! offset size  field
 //! 0      1     version            = 1
 //! 1      1     kind               1 request, 2 reply, 3 event, 4 error
-//! 2      2     flags              reserved: senders write 0, readers ignore
+//! 2      2     flags              bit 0 (requests): GHOST, a mirrored copy whose
+//!                                 reply is compared and dropped; do no side
+//!                                 effects. Other bits reserved: senders write
+//!                                 0, readers ignore
 //! 4      8     correlation id     u64, chosen by the caller, echoed in the reply
 //! 12     4     budget             u32 µs left before the caller gives up
 //!                                 (requests; 0 = already expired; others write 0)
@@ -48,6 +51,11 @@ use std::fmt;
 pub const VERSION: u8 = 1;
 /// Size of the fixed prefix every header frame starts with.
 pub const PREFIX_LEN: usize = 16;
+/// Flags bit 0 on a request: a ghost copy (traffic mirrored to a version
+/// under test). Its reply is compared with the real one and dropped, so a
+/// service should skip side effects (writes, emails, payments) and pass
+/// the flag on to the calls it makes.
+pub const FLAG_GHOST: u16 = 0x0001;
 
 /// What a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +185,8 @@ pub struct Request {
     pub request_id: Text,
     pub headers: Headers,
     pub body: Bytes,
+    /// A ghost copy ([`FLAG_GHOST`]): skip side effects, pass it on.
+    pub ghost: bool,
 }
 
 impl Request {
@@ -296,10 +306,10 @@ fn check_headers(headers: &Headers) -> Result<usize, EncodeError> {
     Ok(size)
 }
 
-fn put_prefix(buf: &mut Vec<u8>, kind: Kind, id: u64, budget_us: u32) {
+fn put_prefix(buf: &mut Vec<u8>, kind: Kind, flags: u16, id: u64, budget_us: u32) {
     buf.put_u8(VERSION);
     buf.put_u8(kind as u8);
-    buf.put_u16_le(0);
+    buf.put_u16_le(flags);
     buf.put_u64_le(id);
     buf.put_u32_le(budget_us);
 }
@@ -343,7 +353,14 @@ pub fn encode_request(r: &Request) -> Result<Vec<u8>, EncodeError> {
         + r.request_id.len()
         + hsize;
     let mut buf = Vec::with_capacity(size);
-    put_prefix(&mut buf, Kind::Request, r.correlation_id, r.budget_us);
+    let flags = if r.ghost { FLAG_GHOST } else { 0 };
+    put_prefix(
+        &mut buf,
+        Kind::Request,
+        flags,
+        r.correlation_id,
+        r.budget_us,
+    );
     put_str8(&mut buf, r.service.as_bytes());
     put_str8(&mut buf, r.method.as_bytes());
     put_str8(&mut buf, r.http_method.as_bytes());
@@ -358,7 +375,7 @@ pub fn encode_request(r: &Request) -> Result<Vec<u8>, EncodeError> {
 pub fn encode_reply(r: &Reply) -> Result<Vec<u8>, EncodeError> {
     let hsize = check_headers(&r.headers)?;
     let mut buf = Vec::with_capacity(PREFIX_LEN + 2 + hsize);
-    put_prefix(&mut buf, Kind::Reply, r.correlation_id, 0);
+    put_prefix(&mut buf, Kind::Reply, 0, r.correlation_id, 0);
     buf.put_u16_le(r.status);
     put_headers(&mut buf, &r.headers);
     Ok(buf)
@@ -368,7 +385,7 @@ pub fn encode_reply(r: &Reply) -> Result<Vec<u8>, EncodeError> {
 pub fn encode_event(e: &Event) -> Result<Vec<u8>, EncodeError> {
     check("topic", e.topic.len(), u8::MAX as usize)?;
     let mut buf = Vec::with_capacity(PREFIX_LEN + 1 + e.topic.len());
-    put_prefix(&mut buf, Kind::Event, 0, 0);
+    put_prefix(&mut buf, Kind::Event, 0, 0, 0);
     put_str8(&mut buf, e.topic.as_bytes());
     Ok(buf)
 }
@@ -386,7 +403,7 @@ pub fn encode_error(e: &ErrorReply) -> Vec<u8> {
         msg = &msg[..end];
     }
     let mut buf = Vec::with_capacity(PREFIX_LEN + 4 + msg.len());
-    put_prefix(&mut buf, Kind::Error, e.correlation_id, 0);
+    put_prefix(&mut buf, Kind::Error, 0, e.correlation_id, 0);
     buf.put_u16_le(e.status);
     put_str16(&mut buf, msg.as_bytes());
     buf
@@ -410,6 +427,7 @@ pub fn encode(m: &Message) -> Result<(Vec<u8>, Bytes), EncodeError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prefix {
     pub kind: Kind,
+    pub flags: u16,
     pub correlation_id: u64,
     pub budget_us: u32,
 }
@@ -429,6 +447,7 @@ pub fn peek(header: &[u8]) -> Result<Prefix, DecodeError> {
     budget.copy_from_slice(&header[12..16]);
     Ok(Prefix {
         kind,
+        flags: u16::from_le_bytes([header[2], header[3]]),
         correlation_id: u64::from_le_bytes(id),
         budget_us: u32::from_le_bytes(budget),
     })
@@ -526,6 +545,7 @@ pub fn decode(header: Bytes, body: Bytes) -> Result<Message, DecodeError> {
                 request_id,
                 headers,
                 body,
+                ghost: p.flags & FLAG_GHOST != 0,
             })
         }
         Kind::Reply => {
@@ -571,6 +591,7 @@ mod tests {
             request_id: "r1".into(),
             headers: vec![("accept".into(), Bytes::from_static(b"*/*"))],
             body: Bytes::from_static(b"hi"),
+            ghost: false,
         }
     }
 
@@ -580,6 +601,32 @@ mod tests {
         let h = encode_request(&r).unwrap();
         let m = decode(Bytes::from(h), r.body.clone()).unwrap();
         assert_eq!(m, Message::Request(r));
+    }
+
+    #[test]
+    fn the_ghost_flag_is_bit_0_and_other_bits_are_ignored() {
+        let mut r = sample_request();
+        r.ghost = true;
+        let h = encode_request(&r).unwrap();
+        assert_eq!(&h[2..4], &[0x01, 0x00]);
+        assert_eq!(
+            decode(Bytes::from(h.clone()), r.body.clone()).unwrap(),
+            Message::Request(r.clone())
+        );
+        // A future flag this reader does not know changes nothing.
+        let mut h2 = h.clone();
+        h2[2] = 0x03;
+        h2[3] = 0x80;
+        assert_eq!(
+            decode(Bytes::from(h2), r.body.clone()).unwrap(),
+            Message::Request(r.clone())
+        );
+        let mut plain = h;
+        plain[2] = 0x02;
+        let Message::Request(back) = decode(Bytes::from(plain), r.body.clone()).unwrap() else {
+            panic!("not a request")
+        };
+        assert!(!back.ghost);
     }
 
     #[test]
@@ -595,6 +642,7 @@ mod tests {
             request_id: "abc".into(),
             headers: vec![("accept".into(), Bytes::from_static(b"*/*"))],
             body: Bytes::new(),
+            ghost: false,
         };
         let h = encode_request(&r).unwrap();
         let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
@@ -687,7 +735,7 @@ mod tests {
     #[test]
     fn huge_header_count_does_not_reserve() {
         let mut h = Vec::new();
-        put_prefix(&mut h, Kind::Reply, 1, 0);
+        put_prefix(&mut h, Kind::Reply, 0, 1, 0);
         h.put_u16_le(200);
         h.put_u16_le(u16::MAX);
         assert_eq!(

@@ -32,9 +32,10 @@ proptest! {
         correlation_id in any::<u64>(), budget_us in any::<u32>(),
         service in text(60), method in text(60), http_method in text(10),
         path in text(2000), request_id in text(64), headers in headers(), body in body(),
+        ghost in any::<bool>(),
     ) {
         let r = Request { correlation_id, budget_us, service, method, http_method, path,
-                          request_id, headers, body };
+                          request_id, headers, body, ghost };
         let h = wire::encode_request(&r).unwrap();
         prop_assert_eq!(wire::decode(Bytes::from(h), r.body.clone()).unwrap(), Message::Request(r));
     }

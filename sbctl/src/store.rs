@@ -63,7 +63,7 @@ impl Store {
         doc: &Map<String, Value>,
     ) -> Result<(), String> {
         let text = Value::Object(doc.clone()).to_string();
-        terminator::policy::parse_one(service, text.as_bytes()).map_err(|e| e.join("; "))?;
+        traffic::policy::parse_one(service, text.as_bytes()).map_err(|e| e.join("; "))?;
         self.client
             .put(Self::key(service), text, None)
             .await

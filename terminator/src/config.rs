@@ -616,7 +616,7 @@ impl Settings {
         );
         s.policy = args.policy.or(file.policy);
         if let Some(p) = &s.policy {
-            if let Err(e) = crate::policy::read(p) {
+            if let Err(e) = traffic::policy::read(p) {
                 errors.extend(e.into_iter().map(|e| format!("policy: {e}")));
             }
         }

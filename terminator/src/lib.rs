@@ -12,7 +12,8 @@
 //! - [`upstream`]: per service, process-wide: the limiter and the retry
 //!   budget every shard's bus client shares.
 //! - [`metrics`]: counters and latency histograms per route and class.
-//! - [`policy`]: `--policy`: weights by version and pinning, per service.
+//! - `--policy` (the `traffic` crate): weights by version, pinning and
+//!   ghost mode per service; the request path applies them in [`proxy`].
 //! - [`access_log`]: `--access-log`, one JSON line per request, written by
 //!   a thread of its own from a bounded queue.
 //! - [`request_id`]: accept or generate `x-request-id`.
@@ -37,7 +38,7 @@ pub mod config;
 pub mod conn;
 pub mod console;
 pub mod metrics;
-pub mod policy;
+
 pub mod proxy;
 pub mod registry;
 pub mod request_id;

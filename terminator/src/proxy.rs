@@ -32,7 +32,9 @@ pub struct Edge {
     /// `--access-log`; None: off, and nothing below is spent on it.
     pub access_log: Option<std::sync::Arc<crate::access_log::AccessLog>>,
     /// `--policy`: weights and pins by version, per service.
-    pub policies: std::sync::Arc<crate::policy::Policies>,
+    pub policies: std::sync::Arc<traffic::policy::Policies>,
+    /// Ghost copies in flight and their verdicts, process-wide.
+    pub ghosts: std::sync::Arc<traffic::ghost::Ledger>,
 }
 
 /// What the request path learnt for the access log.
@@ -329,6 +331,20 @@ where
             weights: p.weights.as_ref(),
         },
     };
+    // A ghost copy (sampled, under its cap) leaves now, beside the primary;
+    // it learns the primary's outcome below and never touches the reply.
+    let ghost = policy
+        .as_ref()
+        .and_then(|p| p.ghost.as_ref())
+        .and_then(|g| {
+            edge.ghosts.start(
+                g,
+                target.service.as_str(),
+                route_name(&target.prefix),
+                parts.method.as_str(),
+            )
+        })
+        .map(|m| m.launch(&target.client, bus_req.clone(), deadline));
     let reply = target
         .client
         .call_traced(
@@ -347,6 +363,9 @@ where
     ) {
         permit.measured();
     }
+    if let Some(g) = ghost {
+        g.answered(&reply);
+    }
     let mut res = to_response(reply?, rid)?;
     if let Some(v) = seen.call.instance.as_ref().and_then(|i| i.version()) {
         if let Ok(v) = HeaderValue::from_str(&v) {
@@ -354,6 +373,15 @@ where
         }
     }
     Ok(res)
+}
+
+/// A route as operators write it: `/kv`, and `/` for the root route.
+fn route_name(prefix: &str) -> &str {
+    if prefix.is_empty() {
+        "/"
+    } else {
+        prefix
+    }
 }
 
 fn to_response(reply: bus::Reply, rid: &HeaderValue) -> Result<Response<Full<Bytes>>, EdgeError> {
@@ -385,6 +413,7 @@ impl telemetry::Source for Edge {
     fn visit(&self, v: &mut dyn telemetry::Visitor) {
         self.metrics
             .visit(v, self.in_flight.load(Ordering::Relaxed));
+        self.ghosts.visit(v);
         let table = self.routes.current();
         let mut seen = std::collections::BTreeSet::new();
         for t in table.targets() {

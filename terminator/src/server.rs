@@ -43,7 +43,9 @@ pub struct Shared {
     /// `--access-log`: one writer for the process.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// `--policy`: traffic policies by service, reloaded in place.
-    pub policies: Arc<crate::policy::Policies>,
+    pub policies: Arc<traffic::policy::Policies>,
+    /// Ghost copies in flight and their verdicts (`/ghost`).
+    pub ghosts: Arc<traffic::ghost::Ledger>,
     /// `/console` on the admin port.
     pub console: Arc<crate::console::Console>,
 }
@@ -60,6 +62,7 @@ impl Shared {
             tls: None,
             access_log: None,
             policies: Default::default(),
+            ghosts: Default::default(),
             console: Arc::new(crate::console::Console::new(settings.p99_target)),
         }
     }
@@ -145,6 +148,7 @@ pub async fn serve_listeners(
         metrics,
         access_log: shared.access_log.clone(),
         policies: shared.policies.clone(),
+        ghosts: shared.ghosts.clone(),
     });
     let draining = shared.draining.clone();
     // With etcd, the primary's fleet registration, watch and sampler:
@@ -371,6 +375,7 @@ impl svc_host::admin::Admin for AdminPages {
     fn page(&self, path: &str) -> Option<svc_host::admin::Page> {
         match path {
             "/policy" => Some((StatusCode::OK, self.edge.policies.page().to_string())),
+            "/ghost" => Some((StatusCode::OK, self.edge.ghosts.page().to_string())),
             _ => None,
         }
     }

@@ -421,6 +421,43 @@ impl Client {
         }
     }
 
+    /// A ghost copy of a request to `version`'s instances only: marked
+    /// [`wire::FLAG_GHOST`], one attempt, no retry, nothing paid into the
+    /// retry budget (mirrored traffic must not earn the real traffic its
+    /// retries). No connected instance of `version` is
+    /// [`CallError::NoInstance`] at once: a ghost never waits for one.
+    pub async fn call_ghost(
+        &self,
+        mut req: Request,
+        deadline: Instant,
+        version: &str,
+    ) -> Result<Reply, CallError> {
+        let sh = &self.shared;
+        sh.counters.calls.fetch_add(1, Ordering::Relaxed);
+        req.ghost = true;
+        let inst = {
+            let list = sh.instances.read();
+            let mine: Vec<Arc<Instance>> = list
+                .iter()
+                .filter(|i| i.is_connected() && i.is_version(version))
+                .cloned()
+                .collect();
+            pick::pick(&mine)
+        };
+        let Some(inst) = inst else {
+            sh.counters.no_instance.fetch_add(1, Ordering::Relaxed);
+            return Err(CallError::NoInstance(sh.service.clone()));
+        };
+        if deadline <= Instant::now() {
+            sh.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            return Err(CallError::Timeout);
+        }
+        match self.attempt(&mut req, deadline, &inst).await {
+            Attempt::Done(r) => r,
+            Attempt::NotSent(e) | Attempt::MaybeSent(e) => Err(e),
+        }
+    }
+
     /// One attempt on `inst`; each outcome is counted here.
     async fn attempt(&self, req: &mut Request, deadline: Instant, inst: &Arc<Instance>) -> Attempt {
         let sh = &self.shared;

@@ -65,7 +65,7 @@ impl Instance {
         self.version.load_full()
     }
 
-    fn is_version(&self, v: &str) -> bool {
+    pub(crate) fn is_version(&self, v: &str) -> bool {
         self.version.load().as_deref().is_some_and(|s| s == v)
     }
 

@@ -6,7 +6,8 @@
 //!
 //! ```json
 //! {"aggregator": {"weights": {"v1": 90, "v2": 10},
-//!                 "pin": {"header": "x-switchboard-version", "cookie": "sb-version"}}}
+//!                 "pin": {"header": "x-switchboard-version", "cookie": "sb-version"},
+//!                 "ghost": {"version": "v3", "fraction": 0.1}}}
 //! ```
 //!
 //! - `weights`: relative, 0 to 10 000 each. A version not listed, or with
@@ -15,6 +16,12 @@
 //!   every instance alike, as without a policy.
 //! - `pin`: a request whose header (or cookie) names a version goes to that
 //!   version's instances, before the weights, while one is connected.
+//! - `ghost`: a copy of a sampled fraction of idempotent requests goes to
+//!   a version under test, and the two replies are compared
+//!   ([`crate::ghost`]): `version`, `fraction` (0 to 1), and optionally
+//!   `methods` (default GET, HEAD; idempotent ones only),
+//!   `compare_headers` (default content-type), `ignore` (JSON pointers),
+//!   `max_in_flight` (default 64) and `samples` (default 20).
 //!
 //! The file is re-read when it changes and on SIGHUP (`svc_host::reload`).
 //! A file that does not parse, or breaks a rule above, is refused whole:
@@ -46,6 +53,8 @@ struct PolicyDoc {
     weights: BTreeMap<String, u32>,
     #[serde(default)]
     pin: Option<PinDoc>,
+    #[serde(default)]
+    ghost: Option<crate::ghost::GhostDoc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,11 +65,12 @@ struct PinDoc {
 }
 
 /// One service's policy, checked and ready for the request path.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Policy {
     pub weights: Option<bus::Weights>,
     pin_header: Option<HeaderName>,
     pin_cookie: Option<String>,
+    pub ghost: Option<Arc<crate::ghost::Ghost>>,
 }
 
 impl Policy {
@@ -75,19 +85,52 @@ impl Policy {
             }
         }
         let name = self.pin_cookie.as_deref()?;
-        headers
+        let cookies = headers
             .get_all(http::header::COOKIE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.trim_matches('"'))
-            .filter(|v| !v.is_empty())
+            .filter_map(|v| v.to_str().ok());
+        cookie(cookies, name)
+    }
+
+    /// [`pinned`](Self::pinned) for a request that came over the bus
+    /// (the terminator passes the client's headers on): a caller behind
+    /// the edge pins its own calls by the same header or cookie.
+    pub fn pinned_bus<'a>(&self, headers: &'a bus::Headers) -> Option<&'a str> {
+        if let Some(h) = &self.pin_header {
+            if let Some(v) = bus_values(headers, h.as_str())
+                .into_iter()
+                .map(str::trim)
+                .find(|v| !v.is_empty())
+            {
+                return Some(v);
+            }
+        }
+        cookie(
+            bus_values(headers, "cookie").into_iter(),
+            self.pin_cookie.as_deref()?,
+        )
     }
 }
 
-fn label_ok(v: &str) -> bool {
+fn bus_values<'a>(headers: &'a bus::Headers, name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .collect()
+}
+
+/// The value of cookie `name` in `Cookie` header values.
+fn cookie<'a>(values: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+    values
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+        .filter(|v| !v.is_empty())
+}
+
+pub(crate) fn label_ok(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 64
         && v.bytes()
@@ -167,6 +210,9 @@ fn check(service: &str, d: PolicyDoc) -> Result<Policy, Vec<String>> {
                 p.pin_cookie = Some(c);
             }
         }
+    }
+    if let Some(g) = d.ghost {
+        p.ghost = crate::ghost::check(service, g, &mut problems).map(Arc::new);
     }
     if problems.is_empty() {
         Ok(p)
@@ -315,6 +361,7 @@ impl Policies {
                     serde_json::json!({
                         "weights": weights,
                         "pin": {"header": p.pin_header.as_ref().map(|h| h.as_str()), "cookie": p.pin_cookie},
+                        "ghost": p.ghost.as_ref().map(|g| g.to_json()),
                     }),
                 )
             })
@@ -353,16 +400,51 @@ mod tests {
         assert_eq!(p.pinned(&h), Some("v1"), "the header before the cookie");
 
         let e = parse(
-            r#"{"a": {"weights": {"v 1": 1, "v2": 20000}}, "b": {"weights": {"v1": 0}}, "c": {"pin": {}}, "d": {"ghost": {}}}"#,
+            r#"{"a": {"weights": {"v 1": 1, "v2": 20000}}, "b": {"weights": {"v1": 0}}, "c": {"pin": {}}, "d": {"mirror": {}}}"#,
         )
         .unwrap_err();
         assert_eq!(e.len(), 1, "an unknown field fails the parse: {e:?}");
-        assert!(e[0].contains("ghost"), "{e:?}");
+        assert!(e[0].contains("mirror"), "{e:?}");
         let e = parse(
             r#"{"a": {"weights": {"v 1": 1, "v2": 20000}}, "b": {"weights": {"v1": 0}}, "c": {"pin": {}}}"#,
         )
         .unwrap_err();
         assert_eq!(e.len(), 4, "{e:#?}");
         assert!(parse("[]").is_err());
+    }
+
+    #[test]
+    fn ghost_settings_defaults_and_refusals() {
+        let m = parse(r#"{"aggregator": {"ghost": {"version": "v2", "fraction": 0.1}}}"#).unwrap();
+        let g = m["aggregator"].ghost.as_ref().unwrap();
+        assert_eq!(g.methods, ["GET", "HEAD"]);
+        assert_eq!(g.compare_headers, [http::header::CONTENT_TYPE]);
+        assert_eq!((g.max_in_flight, g.samples), (64, 20));
+        let e = parse(
+            r#"{"a": {"ghost": {"version": "v 2", "fraction": 1.5, "methods": ["POST"],
+                "compare_headers": ["bad name"], "ignore": ["x"], "max_in_flight": 0, "samples": 0}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 7, "{e:#?}");
+        assert!(
+            e.iter().any(|p| p.contains("POST is not idempotent")),
+            "{e:#?}"
+        );
+        let e = parse(r#"{"a": {"ghost": {"fraction": 0.1}}}"#).unwrap_err();
+        assert!(e[0].contains("version"), "{e:?}");
+    }
+
+    #[test]
+    fn pins_over_the_bus() {
+        let m = parse(r#"{"s": {"pin": {"header": "x-v", "cookie": "sbv"}}}"#).unwrap();
+        let p = &m["s"];
+        let h: bus::Headers = vec![("Cookie".into(), bytes::Bytes::from_static(b"a=1; sbv=v3"))];
+        assert_eq!(p.pinned_bus(&h), Some("v3"));
+        let h: bus::Headers = vec![
+            ("cookie".into(), bytes::Bytes::from_static(b"sbv=v3")),
+            ("X-V".into(), bytes::Bytes::from_static(b" v1 ")),
+        ];
+        assert_eq!(p.pinned_bus(&h), Some("v1"));
+        assert_eq!(p.pinned_bus(&Vec::new()), None);
     }
 }

@@ -1,0 +1,240 @@
+//! Ghost copies in flight and what they found: counts per route and
+//! version, the last mismatches, and each service's in-flight cap.
+//! Process-wide, and kept across policy reloads.
+
+use super::compare::{compare, Answer, Side, Verdict};
+use super::Ghost;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+#[derive(Default)]
+pub struct Ledger {
+    /// Ghost copies outstanding, per service (the cap's count).
+    in_flight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Per (route, version).
+    entries: Mutex<BTreeMap<(String, String), Arc<Entry>>>,
+}
+
+#[derive(Default)]
+struct Entry {
+    service: String,
+    matched: AtomicU64,
+    mismatched: AtomicU64,
+    /// The ghost had no answer other than a timeout.
+    failed: AtomicU64,
+    timeouts: AtomicU64,
+    /// Sampled but not sent: the service's ghost cap was reached.
+    skipped: AtomicU64,
+    /// The primary had no answer to compare with.
+    unpaired: AtomicU64,
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+/// One mismatching pair, for the admin port.
+#[derive(Debug, Clone)]
+struct Sample {
+    at_unix_ms: u64,
+    request_id: String,
+    method: String,
+    path: String,
+    differs: Vec<String>,
+    primary: Side,
+    ghost: Side,
+}
+
+impl Ledger {
+    fn entry(&self, service: &str, route: &str, version: &str) -> Arc<Entry> {
+        self.entries
+            .lock()
+            .entry((route.to_string(), version.to_string()))
+            .or_insert_with(|| {
+                Arc::new(Entry {
+                    service: service.to_string(),
+                    ..Entry::default()
+                })
+            })
+            .clone()
+    }
+
+    /// A ghost copy of a request with `method` to `route`'s `service`, if
+    /// `g` samples it and the service's cap has room (a sampled request
+    /// over the cap is counted as skipped). Costs one random number when
+    /// the request is not sampled.
+    pub fn start(
+        self: &Arc<Self>,
+        g: &Arc<Ghost>,
+        service: &str,
+        route: &str,
+        method: &str,
+    ) -> Option<Mirror> {
+        if !g.sample(method) {
+            return None;
+        }
+        let entry = self.entry(service, route, &g.version);
+        let slot = self
+            .in_flight
+            .lock()
+            .entry(service.to_string())
+            .or_default()
+            .clone();
+        if slot.fetch_add(1, Ordering::Relaxed) >= g.max_in_flight {
+            slot.fetch_sub(1, Ordering::Relaxed);
+            entry.skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Mirror {
+            ghost: g.clone(),
+            entry,
+            slot: Slot(slot),
+        })
+    }
+
+    /// Reports `ghost.<route>.<version>.{matched,mismatched,failed,timeouts,skipped,unpaired}`.
+    pub fn visit(&self, v: &mut dyn telemetry::Visitor) {
+        for ((route, version), e) in self.entries.lock().iter() {
+            let p = format!(
+                "ghost.{}.{}",
+                telemetry::sanitize(route),
+                telemetry::sanitize(version)
+            );
+            for (name, n) in e.counts() {
+                v.counter(&format!("{p}.{name}"), n);
+            }
+        }
+    }
+
+    /// The admin port's `/ghost`: counts per route and version, and the
+    /// last mismatches of each, newest first.
+    pub fn page(&self) -> serde_json::Value {
+        let in_flight = self.in_flight.lock();
+        let mut routes = Vec::new();
+        let mut mismatches = Vec::new();
+        for ((route, version), e) in self.entries.lock().iter() {
+            let mut o = serde_json::Map::new();
+            o.insert("route".into(), route.as_str().into());
+            o.insert("service".into(), e.service.as_str().into());
+            o.insert("version".into(), version.as_str().into());
+            for (name, n) in e.counts() {
+                o.insert(name.into(), n.into());
+            }
+            let f = in_flight
+                .get(&e.service)
+                .map_or(0, |s| s.load(Ordering::Relaxed));
+            o.insert("service_in_flight".into(), f.into());
+            routes.push(serde_json::Value::Object(o));
+            for s in e.samples.lock().iter().rev() {
+                let side = |s: &Side| serde_json::json!({"status": s.status, "body_hash": s.body_hash, "head": s.head});
+                mismatches.push(serde_json::json!({
+                    "at_unix_ms": s.at_unix_ms,
+                    "route": route,
+                    "version": version,
+                    "request_id": s.request_id,
+                    "method": s.method,
+                    "path": s.path,
+                    "differs": s.differs,
+                    "primary": side(&s.primary),
+                    "ghost": side(&s.ghost),
+                }));
+            }
+        }
+        mismatches.sort_by_key(|m| std::cmp::Reverse(m["at_unix_ms"].as_u64().unwrap_or(0)));
+        serde_json::json!({"routes": routes, "mismatches": mismatches})
+    }
+}
+
+impl Entry {
+    fn counts(&self) -> [(&'static str, u64); 6] {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("matched", l(&self.matched)),
+            ("mismatched", l(&self.mismatched)),
+            ("failed", l(&self.failed)),
+            ("timeouts", l(&self.timeouts)),
+            ("skipped", l(&self.skipped)),
+            ("unpaired", l(&self.unpaired)),
+        ]
+    }
+}
+
+/// Gives the cap's slot back however the ghost task ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A ghost copy granted a slot, not yet sent.
+pub struct Mirror {
+    ghost: Arc<Ghost>,
+    entry: Arc<Entry>,
+    slot: Slot,
+}
+
+/// The primary's side of a launched ghost: hand it the primary's outcome.
+/// Dropped without [`Primary::answered`] (the client went away), the pair
+/// counts as unpaired.
+pub struct Primary(oneshot::Sender<Answer>);
+
+impl Primary {
+    pub fn answered(self, r: &Result<bus::Reply, bus::CallError>) {
+        let _ = self.0.send(Answer::of(r));
+    }
+}
+
+impl Mirror {
+    /// Sends `req` to the ghost version on a task of its own, now, so it
+    /// runs beside the primary and never delays it; the task compares
+    /// when both have answered and records the verdict.
+    pub fn launch(self, client: &bus::Client, req: bus::Request, deadline: Instant) -> Primary {
+        let (tx, rx) = oneshot::channel();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let Mirror { ghost, entry, slot } = self;
+            let (rid, method, path) = (
+                req.request_id.to_string(),
+                req.http_method.to_string(),
+                req.path.to_string(),
+            );
+            let ghost_answer = Answer::of(&client.call_ghost(req, deadline, &ghost.version).await);
+            drop(slot);
+            // The primary answers by the same deadline, or is dropped.
+            let primary = rx.await.unwrap_or(Answer::Failed("unpaired"));
+            let e = &entry;
+            match compare(&primary, &ghost_answer, &ghost) {
+                Verdict::Match => e.matched.fetch_add(1, Ordering::Relaxed),
+                Verdict::Unpaired => e.unpaired.fetch_add(1, Ordering::Relaxed),
+                Verdict::GhostFailed("timeout") => e.timeouts.fetch_add(1, Ordering::Relaxed),
+                Verdict::GhostFailed(_) => e.failed.fetch_add(1, Ordering::Relaxed),
+                Verdict::Mismatch {
+                    differs,
+                    primary,
+                    ghost: g,
+                } => {
+                    let mut s = e.samples.lock();
+                    while s.len() >= ghost.samples {
+                        s.pop_front();
+                    }
+                    s.push_back(Sample {
+                        at_unix_ms: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64),
+                        request_id: rid,
+                        method,
+                        path,
+                        differs,
+                        primary,
+                        ghost: g,
+                    });
+                    e.mismatched.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        });
+        Primary(tx)
+    }
+}

@@ -11,10 +11,13 @@
 //! - [`wait_until`]: poll a condition with a bound (tests never sleep to
 //!   wait).
 //! - [`etcd`]: a real etcd server per test, and `etcdctl`.
+//! - [`keepalive`]: one keep-alive HTTP/1.1 connection, for tests that send
+//!   thousands of requests.
 //! - [`proxy`]: a TCP proxy whose connections can be cut (a partition).
 //! - [`zmtp`]: a raw ZMTP peer that sends exactly the bytes a test wants.
 
 pub mod etcd;
+pub mod keepalive;
 pub mod proxy;
 pub mod zmtp;
 

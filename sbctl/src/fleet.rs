@@ -100,6 +100,94 @@ pub async fn sample(admins: &[String], service: &str, version: &str) -> Result<S
     Ok(s)
 }
 
+/// `sbctl ghost SERVICE`: each route and ghost version's verdicts summed
+/// over the terminators' `/ghost` pages, then the newest mismatches.
+pub async fn ghost_report(admins: &[String], service: &str) -> Result<(), String> {
+    const COUNTS: [&str; 6] = [
+        "matched",
+        "mismatched",
+        "failed",
+        "timeouts",
+        "skipped",
+        "unpaired",
+    ];
+    let mut sums: std::collections::BTreeMap<(String, String), [u64; 6]> = Default::default();
+    let mut mismatches = Vec::new();
+    for admin in admins {
+        let url = format!("{}/ghost", admin.trim_end_matches('/'));
+        let body = tokio::time::timeout(TIMEOUT, loadtest::server_stats::fetch(&url))
+            .await
+            .map_err(|_| format!("{url}: timed out"))?
+            .map_err(|e| format!("{url}: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
+        for r in v["routes"].as_array().into_iter().flatten() {
+            if r["service"] != service {
+                continue;
+            }
+            let key = (
+                r["route"].as_str().unwrap_or("").to_string(),
+                r["version"].as_str().unwrap_or("").to_string(),
+            );
+            let sum = sums.entry(key).or_default();
+            for (i, k) in COUNTS.iter().enumerate() {
+                sum[i] += r[*k].as_u64().unwrap_or(0);
+            }
+        }
+        let routes: Vec<String> = sums.keys().map(|(r, _)| r.clone()).collect();
+        mismatches.extend(
+            v["mismatches"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| routes.iter().any(|r| m["route"] == r.as_str()))
+                .cloned(),
+        );
+    }
+    if sums.is_empty() {
+        println!("{service}: no ghost copies seen");
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<10} {:>9} {:>10} {:>7} {:>8} {:>8} {:>8}",
+        "ROUTE", "GHOST", "MATCHED", "MISMATCHED", "FAILED", "TIMEOUTS", "SKIPPED", "UNPAIRED"
+    );
+    for ((route, version), c) in &sums {
+        println!(
+            "{route:<16} {version:<10} {:>9} {:>10} {:>7} {:>8} {:>8} {:>8}",
+            c[0], c[1], c[2], c[3], c[4], c[5]
+        );
+    }
+    mismatches.sort_by_key(|m| std::cmp::Reverse(m["at_unix_ms"].as_u64().unwrap_or(0)));
+    if !mismatches.is_empty() {
+        println!("last mismatches:");
+    }
+    for m in mismatches.iter().take(10) {
+        println!(
+            "  {} {} {} (request {}): {}: primary {} {} {:?}, ghost {} {} {:?}",
+            m["version"].as_str().unwrap_or(""),
+            m["method"].as_str().unwrap_or(""),
+            m["path"].as_str().unwrap_or(""),
+            m["request_id"].as_str().unwrap_or(""),
+            m["differs"]
+                .as_array()
+                .map(|d| d
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+            m["primary"]["status"],
+            m["primary"]["body_hash"].as_str().unwrap_or(""),
+            m["primary"]["head"].as_str().unwrap_or(""),
+            m["ghost"]["status"],
+            m["ghost"]["body_hash"].as_str().unwrap_or(""),
+            m["ghost"]["head"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,9 @@ Examples:
   sbctl pin aggregator --header x-switchboard-version --cookie sb-version
   sbctl pin aggregator --off
   sbctl ramp aggregator v2 --step 10 --every 30s --max-error-rate 1% --max-p99 25ms
+  sbctl ghost aggregator v2 --fraction 0.1 --ignore /generated_at,/items/*/id
+  sbctl ghost aggregator            (what the ghost found: counts and last mismatches)
+  sbctl ghost aggregator --off
   sbctl policy aggregator";
 
 #[derive(Parser, Debug)]
@@ -102,8 +105,45 @@ pub enum Command {
         #[arg(long = "min-requests", default_value_t = 20)]
         min_requests: u64,
     },
+    /// Mirrors a sampled fraction of SERVICE's idempotent requests to
+    /// VERSION and compares its replies with the real ones (which alone
+    /// reach clients). Without VERSION: what the ghost found so far,
+    /// summed over the terminators, and the last mismatches
+    Ghost {
+        service: String,
+        version: Option<String>,
+        /// Share of requests copied, 0 to 1
+        #[arg(long, default_value = "0.1", value_parser = fraction)]
+        fraction: f64,
+        /// Methods copied, comma-separated (idempotent ones only) [default: GET,HEAD]
+        #[arg(long, value_delimiter = ',')]
+        methods: Vec<String>,
+        /// Headers compared, comma-separated [default: content-type]
+        #[arg(long = "compare-headers", value_delimiter = ',')]
+        compare_headers: Vec<String>,
+        /// JSON pointers left out of the body comparison (fields that
+        /// differ on every call), comma-separated; `*` matches any member
+        #[arg(long, value_delimiter = ',')]
+        ignore: Vec<String>,
+        /// Copies in flight at once per terminator; more are skipped [default: 64]
+        #[arg(long = "max-in-flight")]
+        max_in_flight: Option<usize>,
+        /// Mismatches kept per route on the admin port [default: 20]
+        #[arg(long)]
+        samples: Option<usize>,
+        /// Stops the ghost
+        #[arg(long, conflicts_with = "version")]
+        off: bool,
+    },
     /// Prints the service's policy document from etcd
     Policy { service: String },
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?}: a fraction is from 0 to 1, e.g. 0.1")),
+    }
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -219,6 +259,51 @@ async fn run(cli: Cli) -> Result<(), String> {
                 max_holds: 10,
             };
             ramp::run(&mut store, &cli.terminator_admin, &plan).await
+        }
+        Command::Ghost {
+            service,
+            version,
+            fraction,
+            methods,
+            compare_headers,
+            ignore,
+            max_in_flight,
+            samples,
+            off,
+        } => {
+            let Some(version) = version.filter(|_| !off) else {
+                if off {
+                    let mut doc = store.policy(&service).await?;
+                    doc.remove("ghost");
+                    store.put_policy(&service, &doc).await?;
+                    println!("{service}: ghost off");
+                    return Ok(());
+                }
+                return fleet::ghost_report(&cli.terminator_admin, &service).await;
+            };
+            let mut g = serde_json::Map::new();
+            g.insert("version".into(), version.clone().into());
+            g.insert("fraction".into(), fraction.into());
+            if !methods.is_empty() {
+                g.insert("methods".into(), methods.into());
+            }
+            if !compare_headers.is_empty() {
+                g.insert("compare_headers".into(), compare_headers.into());
+            }
+            if !ignore.is_empty() {
+                g.insert("ignore".into(), ignore.into());
+            }
+            if let Some(n) = max_in_flight {
+                g.insert("max_in_flight".into(), n.into());
+            }
+            if let Some(n) = samples {
+                g.insert("samples".into(), n.into());
+            }
+            let mut doc = store.policy(&service).await?;
+            doc.insert("ghost".into(), g.into());
+            store.put_policy(&service, &doc).await?;
+            println!("{service}: ghost {version} at {fraction}");
+            Ok(())
         }
         Command::Policy { service } => {
             let doc = store.policy(&service).await?;

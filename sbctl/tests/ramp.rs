@@ -2,7 +2,8 @@
 //! aggregator (v1 and v2 healthy, v3 with no backend: its /kv answers 503)
 //! and the terminator, under load from loadtest. `weights` and `status`
 //! show and set the split; `ramp` of the failing v3 rolls back by itself;
-//! `ramp` of the healthy v2 reaches 100%.
+//! `ramp` of the healthy v2 reaches 100%; `ghost` mirrors to v1 and
+//! reports no mismatch, refuses a non-idempotent method, and goes off.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -140,6 +141,54 @@ fn ramp_rolls_back_a_failing_version_and_completes_a_healthy_one() {
         (Some(100), Some(0)),
         "{w}"
     );
+
+    // Ghost: v1 (same backend) gets a copy of every GET; the answers agree.
+    let (ok, out, err) = sbctl(
+        &etcd,
+        &admin,
+        &["ghost", "aggregator", "v1", "--fraction", "1"],
+    );
+    assert!(ok && out.contains("ghost v1"), "{out}{err}");
+    wait_until(Duration::from_secs(10), "ghost verdicts", || {
+        let (ok, out, _) = sbctl(&etcd, &admin, &["ghost", "aggregator"]);
+        ok && out
+            .lines()
+            .find(|l| l.starts_with('/'))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|m| m.parse::<u64>().ok())
+            .is_some_and(|m| m > 20)
+    });
+    let (_, out, _) = sbctl(&etcd, &admin, &["ghost", "aggregator"]);
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with('/'))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        (row[1], row[3]),
+        ("v1", "0"),
+        "no mismatch between equals:\n{out}"
+    );
+    // Refused before etcd: POST is not idempotent; the ghost stays.
+    let (ok, _, err) = sbctl(
+        &etcd,
+        &admin,
+        &["ghost", "aggregator", "v1", "--methods", "POST"],
+    );
+    assert!(!ok && err.contains("not idempotent"), "{err}");
+    let (ok, _, err) = sbctl(
+        &etcd,
+        &admin,
+        &["ghost", "aggregator", "v1", "--fraction", "1.5"],
+    );
+    assert!(!ok && err.contains("from 0 to 1"), "{err}");
+    let (ok, out, err) = sbctl(&etcd, &admin, &["policy", "aggregator"]);
+    assert!(ok && out.contains(r#""ghost""#), "{out}{err}");
+    let (ok, _, err) = sbctl(&etcd, &admin, &["ghost", "aggregator", "--off"]);
+    assert!(ok, "{err}");
+    let (_, out, _) = sbctl(&etcd, &admin, &["policy", "aggregator"]);
+    assert!(!out.contains("ghost"), "{out}");
     let _ = load.kill();
     let _ = load.wait();
 }

@@ -6,6 +6,7 @@
 //! its version, and a bad policy is refused while the last good one stays;
 //! a policy put in etcd (`/switchboard/policy/<service>`) wins over the
 //! file within a second, and deleting it returns to the file's.
+//! The aggregator follows the `backend` policy for its own calls the same way.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -213,4 +214,84 @@ fn weights_pins_and_live_policy_changes_across_two_versions() {
         c.split(50).keys().collect::<Vec<_>>() == ["v2"]
     });
     t.terminate(Duration::from_secs(20));
+}
+
+/// The aggregator is a caller too: its `backend` calls follow the
+/// `backend` policy from etcd (weights live, a pin by the client's header,
+/// which the terminator passes on), and from `--policy` without etcd.
+#[test]
+fn the_aggregator_routes_backend_calls_by_the_backend_policy() {
+    let etcd = Etcd::start();
+    let url = etcd.url();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let any = "tcp://127.0.0.1:0";
+    let _a = testkit::backend_svc(
+        da.path(),
+        any,
+        any,
+        &["--etcd", &url, "--service-version", "v1"],
+    );
+    let _b = testkit::backend_svc(
+        db.path(),
+        any,
+        any,
+        &["--etcd", &url, "--service-version", "v2"],
+    );
+    let key = "/switchboard/policy/backend";
+    etcd.ctl(&[
+        "put",
+        key,
+        r#"{"weights": {"v1": 100}, "pin": {"header": "x-backend-version"}}"#,
+    ]);
+    let agg = aggregator(&etcd, "v1");
+    let t = testkit::terminator(&format!("/=aggregator@{}", agg.addr("bus")), &[]);
+    let http = t.addr("http");
+    let mut c = testkit::keepalive::Conn::open(&http);
+    // Each store gets its own value, by pin.
+    wait_until(
+        Duration::from_secs(20),
+        "both backends written by pin",
+        || {
+            ["v1", "v2"].iter().all(|v| {
+                let pin = format!("x-backend-version: {v}");
+                c.send("PUT", "/kv/who", &[&pin], v.as_bytes()).status == 204
+                    && c.send("GET", "/kv/who", &[&pin], b"").body == v.as_bytes()
+            })
+        },
+    );
+    let served = |c: &mut testkit::keepalive::Conn, n: usize| {
+        let mut by = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let r = c.send("GET", "/kv/who", &[], b"");
+            assert_eq!(r.status, 200);
+            *by.entry(String::from_utf8_lossy(&r.body).into_owned())
+                .or_insert(0) += 1;
+        }
+        by.into_keys().collect::<Vec<_>>()
+    };
+    assert_eq!(served(&mut c, 200), ["v1"], "weights v1=100");
+    etcd.ctl(&["put", key, r#"{"weights": {"v2": 100}}"#]);
+    let put = Instant::now();
+    wait_until(Duration::from_secs(5), "the new weights in force", || {
+        served(&mut c, 20) == ["v2"]
+    });
+    assert!(
+        put.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        put.elapsed()
+    );
+    assert_eq!(served(&mut c, 200), ["v2"]);
+    // A bad document is refused; the last good one stays.
+    etcd.ctl(&["put", key, r#"{"weights": {"v1": 0}}"#]);
+    let admin = agg.addr("admin");
+    wait_until(
+        Duration::from_secs(10),
+        "the refusal on the aggregator's /policy",
+        || {
+            curl("GET", &format!("{admin}/policy"), None)
+                .text()
+                .contains("every weight is 0")
+        },
+    );
+    assert_eq!(served(&mut c, 100), ["v2"]);
 }

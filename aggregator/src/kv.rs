@@ -50,6 +50,8 @@ pub struct Kv {
     pub chunk: usize,
     /// Traffic policies; the `backend` one applies here.
     pub policies: Arc<traffic::Policies>,
+    /// The backend's calls by version (`version.backend.<version>.*`).
+    pub versions: Arc<traffic::versions::Versions>,
 }
 
 /// What a backend call inherits from the request it serves.
@@ -61,10 +63,11 @@ struct Origin {
     pin: Option<String>,
 }
 
-/// A backend call on behalf of `o`, routed by the backend's policy.
+/// A backend call on behalf of `o`, routed by the backend's policy and
+/// counted by the version that answered.
 async fn call(
     client: &Client,
-    policies: &traffic::Policies,
+    (policies, versions): (&traffic::Policies, &traffic::versions::Versions),
     mut r: Request,
     o: &Origin,
     deadline: Instant,
@@ -78,9 +81,18 @@ async fn call(
         weights: policy.as_ref().and_then(|p| p.weights.as_ref()),
     };
     let mut trace = bus::CallTrace::default();
-    client
+    let started = Instant::now();
+    let out = client
         .call_traced(r, deadline, idempotent, route, &mut trace)
-        .await
+        .await;
+    let status = match &out {
+        Ok(r) => r.status,
+        Err(CallError::Remote { status, .. }) => *status,
+        Err(CallError::Timeout) => 504,
+        Err(_) => 503,
+    };
+    versions.record(proto::SERVICE, &trace, status, started.elapsed());
+    out
 }
 
 impl Kv {
@@ -132,7 +144,15 @@ impl Kv {
         let ticket = self.cache.as_ref().map(|c| c.ticket(&key));
         let mut r = Request::new(proto::SERVICE, proto::GET);
         r.path = key.clone().try_into_text();
-        let reply = call(&self.client, &self.policies, r, o, deadline, true).await;
+        let reply = call(
+            &self.client,
+            (&self.policies, &self.versions),
+            r,
+            o,
+            deadline,
+            true,
+        )
+        .await;
         match reply.map_err(|e| Problem::from_call(&e))? {
             reply if reply.status == 200 => {
                 if let (Some(c), Some(t)) = (&self.cache, ticket) {
@@ -156,7 +176,15 @@ impl Kv {
         let mut r = Request::new(proto::SERVICE, method);
         r.path = key.clone().try_into_text();
         r.body = body;
-        let out = call(&self.client, &self.policies, r, o, deadline, false).await;
+        let out = call(
+            &self.client,
+            (&self.policies, &self.versions),
+            r,
+            o,
+            deadline,
+            false,
+        )
+        .await;
         // Whatever the outcome (a timed-out write may still land), this
         // aggregator's copy can no longer be trusted.
         if let Some(c) = &self.cache {
@@ -236,10 +264,11 @@ impl Kv {
             };
             let mut r = Request::new(proto::SERVICE, proto::MULTI_GET);
             r.body = proto::encode_keys(&chunk_keys);
-            let (client, policies, o) = (self.client.clone(), self.policies.clone(), o.clone());
+            let (client, o) = (self.client.clone(), o.clone());
+            let (policies, versions) = (self.policies.clone(), self.versions.clone());
             calls.spawn(async move {
                 let n = idx.len();
-                let out = match call(&client, &policies, r, &o, deadline, true).await {
+                let out = match call(&client, (&policies, &versions), r, &o, deadline, true).await {
                     Ok(reply) if reply.status == 200 => proto::decode_values(&reply.body, n)
                         .map_err(|e| Failure::Protocol(e.to_string())),
                     Ok(reply) => Err(Failure::Status(reply.status)),

@@ -243,6 +243,19 @@ fn opts_tuning(mechanism: bus::Mechanism) -> bus::Tuning {
 /// The aggregator's state, shared by every request.
 pub struct App {
     pub kv: kv::Kv,
+    /// Registered with telemetry (which holds it weakly) for as long as
+    /// the app lives.
+    _metrics: Arc<Metrics>,
+}
+
+/// The aggregator's own metrics beside the bus's: the backend's calls by
+/// version.
+struct Metrics(Arc<traffic::versions::Versions>);
+
+impl telemetry::Source for Metrics {
+    fn visit(&self, v: &mut dyn telemetry::Visitor) {
+        self.0.visit(v);
+    }
 }
 
 impl App {
@@ -253,6 +266,9 @@ impl App {
         opts.endpoints = args.backend.clone();
         opts.tuning.mechanism = security.client();
         let client = Arc::new(Client::connect(opts)?);
+        let versions: Arc<traffic::versions::Versions> = Default::default();
+        let metrics = Arc::new(Metrics(versions.clone()));
+        telemetry::register(&metrics);
         let cache = if args.cache {
             Some(cache::Cache::new(
                 &args.backend_events,
@@ -269,7 +285,9 @@ impl App {
                 cache,
                 chunk: args.multi_chunk,
                 policies: Default::default(),
+                versions: versions.clone(),
             },
+            _metrics: metrics,
         })
     }
 

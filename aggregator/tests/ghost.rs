@@ -48,17 +48,31 @@ fn ghost_counts(admin: &str) -> serde_json::Value {
         .unwrap_or_else(|| serde_json::json!({}))
 }
 
+/// Whether an admin port answers /healthz within 300 ms (a stopped
+/// process's kernel still accepts the connection, but nothing replies).
+fn answers(admin: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(admin.trim_start_matches("http://")) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
+    let mut b = [0u8; 16];
+    matches!(s.read(&mut b), Ok(n) if n > 0)
+}
+
 fn n(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or(0)
 }
 
 /// Waits until every copy sent so far has a verdict: the counts add up
-/// to `total`.
+/// to `total`, exactly (a copy counted twice, or one not sent, fails).
 fn settled(admin: &str, total: u64) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
+    let mut sum = 0;
     let ok = testkit::poll(Duration::from_secs(20), || {
         last = ghost_counts(admin);
-        let sum: u64 = [
+        sum = [
             "matched",
             "mismatched",
             "failed",
@@ -72,6 +86,7 @@ fn settled(admin: &str, total: u64) -> serde_json::Value {
         sum >= total
     });
     assert!(ok, "ghost verdicts never reached {total}: {last}");
+    assert_eq!(sum, total, "more verdicts than copies sent: {last}");
     last
 }
 
@@ -298,18 +313,24 @@ fn ghost_mismatches_are_exactly_the_differing_subset_and_never_reach_a_client() 
             .text()
             .contains(r#""max_in_flight":4"#)
     });
+    // Everything so far has its verdict: the 1,100 GETs, the PUT, and
+    // the two pinned GETs above (mirrored too: GET is in `methods`).
+    let so_far = 100 + KEYS as u64 + 1 + 2;
+    let before = settled(&admin, so_far);
     // SAFETY: kill(2) on our own child.
     unsafe {
         libc::kill(v2.pid(), libc::SIGSTOP);
     }
-    let before = ghost_counts(&admin);
+    // Stopped for sure: its admin port no longer answers.
+    let v2_admin = v2.addr("admin");
+    wait_until(Duration::from_secs(5), "v2 frozen", || !answers(&v2_admin));
     let started = Instant::now();
     for i in 0..200 {
         let r = c.send("GET", &format!("/kv/k{i}"), &[], b"");
         assert_eq!(r.status, 200, "a client saw the frozen ghost on k{i}");
     }
     let took = started.elapsed();
-    let after = settled(&admin, 100 + KEYS as u64 + 1 + 200);
+    let after = settled(&admin, so_far + 200);
     let d = |k: &str| n(&after, k) - n(&before, k);
     assert_eq!(d("timeouts") + d("failed") + d("skipped"), 200, "{after}");
     assert!(d("skipped") > 0 && d("timeouts") > 0, "{after}");

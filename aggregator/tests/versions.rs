@@ -281,6 +281,16 @@ fn the_aggregator_routes_backend_calls_by_the_backend_policy() {
         put.elapsed()
     );
     assert_eq!(served(&mut c, 200), ["v2"]);
+    // The aggregator counts its backend calls by version, for sbctl.
+    let stats = curl("GET", &format!("{}/stats", agg.addr("admin")), None);
+    let v: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
+    let count = |k: &str| v["counters"][k].as_u64().unwrap_or(0);
+    assert!(
+        count("version.backend.v1.requests") >= 200 && count("version.backend.v2.requests") >= 220,
+        "{}",
+        v["counters"]
+    );
+    assert_eq!(count("version.backend.v2.errors"), 0);
     // A bad document is refused; the last good one stays.
     etcd.ctl(&["put", key, r#"{"weights": {"v1": 0}}"#]);
     let admin = agg.addr("admin");

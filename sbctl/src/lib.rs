@@ -43,7 +43,8 @@ pub struct Cli {
     )]
     pub etcd: Vec<String>,
     /// Admin URLs of the terminators whose measurements count (status and
-    /// ramp sum them), comma-separated
+    /// ramp sum them), comma-separated; the registered processes of other
+    /// services are added (the aggregator measures its backend calls)
     #[arg(
         long = "terminator-admin",
         env = "SBCTL_TERMINATOR_ADMIN",
@@ -258,7 +259,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                 min_requests,
                 max_holds: 10,
             };
-            ramp::run(&mut store, &cli.terminator_admin, &plan).await
+            let admins = store.callers(&cli.terminator_admin, &plan.service).await?;
+            ramp::run(&mut store, &admins, &plan).await
         }
         Command::Ghost {
             service,
@@ -346,6 +348,7 @@ async fn status(
         }
         let mut versions: Vec<String> = regs.iter().map(|r| r.version.clone()).collect();
         versions.dedup();
+        let admins = &store.callers(admins, &service).await?;
         let mut before = Vec::new();
         for v in &versions {
             before.push(fleet::sample(admins, &service, v).await);

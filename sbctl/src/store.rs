@@ -33,6 +33,25 @@ impl Store {
             .collect())
     }
 
+    /// The admin URLs whose `version.<service>.*` counts `service`'s
+    /// calls: the terminators given (`--terminator-admin`), and every
+    /// registered process of another service (the aggregator counts its
+    /// `backend` calls; a process that calls nothing reports none, so
+    /// summing them all counts each call once).
+    pub async fn callers(
+        &mut self,
+        terminators: &[String],
+        service: &str,
+    ) -> Result<Vec<String>, String> {
+        let mut out = terminators.to_vec();
+        for r in self.registrations().await? {
+            if r.service != service && !r.admin.is_empty() && !out.contains(&r.admin) {
+                out.push(r.admin);
+            }
+        }
+        Ok(out)
+    }
+
     fn key(service: &str) -> String {
         format!("{}{service}", discovery::POLICY_PREFIX)
     }

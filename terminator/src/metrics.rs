@@ -24,33 +24,6 @@ pub struct RouteHists {
     by_class: [Hist; 5],
 }
 
-/// Calls answered by one version of one service (`--service-version`,
-/// from discovery): what a ramp-up watches.
-#[derive(Default)]
-pub struct VersionStats {
-    requests: Counter,
-    /// Responses of 500 and above from calls that reached the version.
-    errors: Counter,
-    latency: Hist,
-}
-
-impl VersionStats {
-    pub fn observe(&self, status: u16, took: Duration) {
-        self.requests.inc();
-        if status >= 500 {
-            self.errors.inc();
-        }
-        self.latency
-            .record(took.as_micros().min(u64::MAX as u128) as u64);
-    }
-
-    /// An attempt that failed and was retried on another instance.
-    pub fn failed_attempt(&self) {
-        self.requests.inc();
-        self.errors.inc();
-    }
-}
-
 #[derive(Default)]
 pub struct EdgeMetrics {
     requests: Counter,
@@ -62,10 +35,8 @@ pub struct EdgeMetrics {
     latency: Hist,
     pub connections: AtomicI64,
     routes: Mutex<BTreeMap<String, Arc<RouteHists>>>,
-    /// By (service, version); created on a version's first call.
-    /// Service → version → counters: looked up by `&str`, no allocation
-    /// per request.
-    versions: parking_lot::RwLock<BTreeMap<String, BTreeMap<String, Arc<VersionStats>>>>,
+    /// Per service and version (`version.<service>.<version>.*`).
+    pub versions: traffic::versions::Versions,
 }
 
 impl EdgeMetrics {
@@ -75,26 +46,6 @@ impl EdgeMetrics {
         self.routes
             .lock()
             .entry(prefix.to_string())
-            .or_default()
-            .clone()
-    }
-
-    /// The counters of `version` of `service`: a read lock and a lookup,
-    /// only for calls to instances that registered a version.
-    pub fn version(&self, service: &str, version: &str) -> Arc<VersionStats> {
-        if let Some(v) = self
-            .versions
-            .read()
-            .get(service)
-            .and_then(|m| m.get(version))
-        {
-            return v.clone();
-        }
-        self.versions
-            .write()
-            .entry(service.to_string())
-            .or_default()
-            .entry(version.to_string())
             .or_default()
             .clone()
     }
@@ -150,20 +101,7 @@ impl EdgeMetrics {
         v.gauge("in_flight", in_flight as i64);
         v.gauge("connections", m.connections.load(Ordering::Relaxed));
         v.histogram("latency", &m.latency);
-        let versions = m.versions.read();
-        let flat = versions
-            .iter()
-            .flat_map(|(service, vs)| vs.iter().map(move |(v, s)| (service, v, s)));
-        for (service, version, s) in flat {
-            let p = format!(
-                "version.{}.{}",
-                telemetry::sanitize(service),
-                telemetry::sanitize(version)
-            );
-            v.counter(&format!("{p}.requests"), s.requests.get());
-            v.counter(&format!("{p}.errors"), s.errors.get());
-            v.histogram(&format!("{p}.latency"), &s.latency);
-        }
+        m.versions.visit(v);
         for (prefix, r) in m.routes.lock().iter() {
             let route = telemetry::sanitize(prefix);
             for (i, c) in CLASSES.iter().enumerate() {

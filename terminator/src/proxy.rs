@@ -121,20 +121,10 @@ where
         took,
         target.as_deref().map(|t| &*t.hists),
     );
-    if let (Some(t), Some(v)) = (
-        target.as_deref(),
-        seen.call.instance.as_ref().and_then(|i| i.version()),
-    ) {
-        edge.metrics
-            .version(t.service.as_str(), &v)
-            .observe(res.status().as_u16(), took);
-    }
     if let Some(t) = target.as_deref() {
-        for v in seen.call.failed.iter().filter_map(|i| i.version()) {
-            edge.metrics
-                .version(t.service.as_str(), &v)
-                .failed_attempt();
-        }
+        edge.metrics
+            .versions
+            .record(t.service.as_str(), &seen.call, res.status().as_u16(), took);
     }
     if let Some(log) = &edge.access_log {
         log.log(crate::access_log::Record {

@@ -10,8 +10,11 @@
 //!   [`policy::Policies`] in force, reloaded in place.
 //! - [`ghost`]: ghost settings, the comparison ([`ghost::compare`]) and
 //!   the [`ghost::Ledger`] of copies in flight and what they found.
+//! - [`versions`]: each version's calls, errors and latency, as its
+//!   callers saw them (`version.<service>.<version>.*`).
 
 pub mod ghost;
 pub mod policy;
+pub mod versions;
 
 pub use policy::{Policies, Policy};

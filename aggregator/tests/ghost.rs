@@ -225,6 +225,22 @@ fn ghost_mismatches_are_exactly_the_differing_subset_and_never_reach_a_client() 
         let body = String::from_utf8_lossy(&r.body);
         assert!(body.contains(&format!(r#""v": "val-{i}""#)), "k{i}: {body}");
     }
+    // The console shows the ghost and its verdicts.
+    let data: serde_json::Value =
+        serde_json::from_slice(&curl("GET", &format!("{admin}/console/data"), None).body).unwrap();
+    let svc = data["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["service"] == "aggregator"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            &svc["ghost"]["version"],
+            svc["ghost"]["mismatched"].as_u64()
+        ),
+        (&serde_json::json!("v2"), Some(100 + subset)),
+        "{svc}"
+    );
     // The last mismatches, with what differed.
     let page: serde_json::Value =
         serde_json::from_slice(&curl("GET", &format!("{admin}/ghost"), None).body).unwrap();

@@ -100,15 +100,29 @@ impl Console {
         let mut body = h.json(q.window, q.points, target_ms, edge.max_in_flight);
         drop(h);
         // The traffic policy in force per service (`--policy`, etcd):
-        // weights by version, so a ramp can be watched here.
+        // weights by version, so a ramp can be watched here, and the
+        // ghost with its verdicts so far.
         if let Some(services) = body["services"].as_array_mut() {
             for s in services {
                 let name = s["service"].as_str().unwrap_or_default().to_string();
-                s["weights"] = match edge.policies.get(&name).and_then(|p| p.weights.clone()) {
+                let policy = edge.policies.get(&name);
+                s["weights"] = match policy.as_ref().and_then(|p| p.weights.clone()) {
                     Some(w) => {
                         w.0.into_iter()
                             .map(|(v, w)| (v, serde_json::Value::from(w)))
                             .collect()
+                    }
+                    None => serde_json::Value::Null,
+                };
+                s["ghost"] = match policy.as_ref().and_then(|p| p.ghost.as_ref()) {
+                    Some(g) => {
+                        let mut o = serde_json::Map::new();
+                        o.insert("version".into(), g.version.as_str().into());
+                        o.insert("fraction".into(), g.fraction.into());
+                        for (k, n) in edge.ghosts.totals(&name, &g.version) {
+                            o.insert(k.into(), n.into());
+                        }
+                        serde_json::Value::Object(o)
                     }
                     None => serde_json::Value::Null,
                 };

@@ -93,6 +93,24 @@ impl Ledger {
         })
     }
 
+    /// `service`'s verdicts for ghost `version`, summed over its routes:
+    /// (name, count) in the order of the `/ghost` page.
+    pub fn totals(&self, service: &str, version: &str) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> = Vec::new();
+        for ((_, v), e) in self.entries.lock().iter() {
+            if v != version || e.service != service {
+                continue;
+            }
+            for (i, (name, n)) in e.counts().into_iter().enumerate() {
+                match out.get_mut(i) {
+                    Some(o) => o.1 += n,
+                    None => out.push((name, n)),
+                }
+            }
+        }
+        out
+    }
+
     /// Reports `ghost.<route>.<version>.{matched,mismatched,failed,timeouts,skipped,unpaired}`.
     pub fn visit(&self, v: &mut dyn telemetry::Visitor) {
         for ((route, version), e) in self.entries.lock().iter() {

@@ -172,7 +172,10 @@ function renderServices(d) {
       "/s · pending " + s.pending + " · retries " + num(s.retries_per_s) + "/s (" + s.retries_total +
       " total) · retry budget refusals " + num(s.retry_budget_refusals_per_s) + "/s (" +
       s.retry_budget_refusals_total + " total) · timeouts " + num(s.timeouts_per_s) + "/s" +
-      (s.weights ? " · weights " + Object.entries(s.weights).map(([v, w]) => v + "=" + w).join(" ") : "");
+      (s.weights ? " · weights " + Object.entries(s.weights).map(([v, w]) => v + "=" + w).join(" ") : "") +
+      (s.ghost ? " · ghost " + s.ghost.version + " at " + num(s.ghost.fraction * 100) + "%: " +
+        (s.ghost.matched || 0) + " matched, " + (s.ghost.mismatched || 0) + " mismatched, " +
+        ((s.ghost.failed || 0) + (s.ghost.timeouts || 0)) + " failed, " + (s.ghost.skipped || 0) + " skipped" : "");
     return el("div", { class: "service", "data-service": s.service }, el("h3", {}, s.service),
       el("div", { class: "meta" }, meta), table);
   }));

@@ -19,14 +19,16 @@
 //! # Noise
 //!
 //! A field that differs on every call (a timestamp, a generated id) would
-//! make every pair mismatch. GitHub's Scientist lets the experiment say
-//! what to ignore; Twitter's Diffy learns it by sending each request to
-//! two instances of the old version and discounting what differs between
-//! them, which doubles the load on the primary version. Switchboard takes
-//! Scientist's way: `ignore` lists JSON pointers (RFC 6901, with `*` for
-//! every member or element) removed from both JSON bodies before they are
-//! compared, and `compare_headers` names the only headers compared.
-//! See [`compare`].
+//! make every pair mismatch. Twitter's Diffy learns noise by sending each
+//! request to a second instance of the old code too and discounting what
+//! differs between those two, at the price of a third copy of the traffic;
+//! GitHub's Scientist has the experiment `clean` values before comparing
+//! and advises running the control against itself first to calibrate.
+//! Switchboard takes Scientist's way: `ignore` lists JSON pointers (RFC
+//! 6901, with `*` for every member or element) removed from both JSON
+//! bodies before they are compared, `compare_headers` names the only
+//! headers compared, and a ghost pointed at the primary's own version
+//! measures the noise. See [`compare`] and docs/operations.md.
 
 pub mod compare;
 pub mod ledger;

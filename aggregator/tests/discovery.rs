@@ -33,20 +33,12 @@ fn aggregator_ttl(etcd: &Etcd, ttl: &str, keepalive: &str, extra: &[&str]) -> Pr
     Proc::start("aggregator", &args)
 }
 
+/// A 10 s default deadline: slow CI machines must not turn a slow reply
+/// into a 504 these tests would misread.
 fn terminator(etcd: &Etcd, extra: &[&str]) -> Proc {
-    let url = etcd.url();
-    let mut args = vec![
-        "--http",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--etcd",
-        &url,
-        "--timeout",
-        "10s",
-    ];
+    let mut args = vec!["--timeout", "10s"];
     args.extend_from_slice(extra);
-    Proc::start("terminator", &args)
+    testkit::etcd::terminator(etcd, &args)
 }
 
 fn json(url: &str) -> serde_json::Value {

@@ -72,17 +72,7 @@ fn settled(admin: &str, total: u64) -> serde_json::Value {
     let mut sum = 0;
     let ok = testkit::poll(Duration::from_secs(20), || {
         last = ghost_counts(admin);
-        sum = [
-            "matched",
-            "mismatched",
-            "failed",
-            "timeouts",
-            "skipped",
-            "unpaired",
-        ]
-        .iter()
-        .map(|k| n(&last, k))
-        .sum();
+        sum = traffic::ghost::VERDICTS.iter().map(|k| n(&last, k)).sum();
         sum >= total
     });
     assert!(ok, "ghost verdicts never reached {total}: {last}");
@@ -105,21 +95,9 @@ fn ghost_mismatches_are_exactly_the_differing_subset_and_never_reach_a_client() 
     let pin_only =
         r#"{"aggregator": {"weights": {"v1": 100}, "pin": {"header": "x-switchboard-version"}}}"#;
     std::fs::write(&policy, pin_only).unwrap();
-    let url = etcd.url();
-    let t = Proc::start(
-        "terminator",
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--etcd",
-            &url,
-            "--policy",
-            policy.to_str().unwrap(),
-            "--timeout",
-            "400ms",
-        ],
+    let t = testkit::etcd::terminator(
+        &etcd,
+        &["--policy", policy.to_str().unwrap(), "--timeout", "400ms"],
     );
     let admin = t.addr("admin");
     let mut c = Conn::open(&t.addr("http"));

@@ -92,20 +92,7 @@ fn weights_pins_and_live_policy_changes_across_two_versions() {
         &policy,
         r#"{"aggregator": {"weights": {"v1": 90, "v2": 10}, "pin": {"header": "x-switchboard-version"}}}"#,
     );
-    let url = etcd.url();
-    let mut t = Proc::start(
-        "terminator",
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--etcd",
-            &url,
-            "--policy",
-            policy.to_str().unwrap(),
-        ],
-    );
+    let mut t = testkit::etcd::terminator(&etcd, &["--policy", policy.to_str().unwrap()]);
     let mut c = Conn::open(&t.addr("http"));
     // Both versions registered, connected and pinnable.
     wait_until(Duration::from_secs(20), "both versions serve", || {

@@ -103,14 +103,7 @@ pub async fn sample(admins: &[String], service: &str, version: &str) -> Result<S
 /// `sbctl ghost SERVICE`: each route and ghost version's verdicts summed
 /// over the terminators' `/ghost` pages, then the newest mismatches.
 pub async fn ghost_report(admins: &[String], service: &str) -> Result<(), String> {
-    const COUNTS: [&str; 6] = [
-        "matched",
-        "mismatched",
-        "failed",
-        "timeouts",
-        "skipped",
-        "unpaired",
-    ];
+    const COUNTS: [&str; 6] = traffic::ghost::VERDICTS;
     let mut sums: std::collections::BTreeMap<(String, String), [u64; 6]> = Default::default();
     let mut mismatches = Vec::new();
     for admin in admins {

@@ -42,18 +42,7 @@ fn ramp_rolls_back_a_failing_version_and_completes_a_healthy_one() {
     let _v1 = aggregator(&etcd, "v1", &good);
     let _v2 = aggregator(&etcd, "v2", &good);
     let _v3 = aggregator(&etcd, "v3", &testkit::free_endpoint());
-    let url = etcd.url();
-    let t = Proc::start(
-        "terminator",
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--etcd",
-            &url,
-        ],
-    );
+    let t = testkit::etcd::terminator(&etcd, &[]);
     let (http, admin) = (t.addr("http"), t.addr("admin"));
 
     // Everything to v1 first.

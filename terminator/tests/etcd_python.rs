@@ -98,19 +98,7 @@ fn a_python_service_registered_in_etcd_is_routed_by_prefix_until_it_deregisters(
     );
     assert_eq!(reg.events, None);
 
-    let t = Proc::start(
-        "terminator",
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--etcd",
-            &etcd.url(),
-            "--statsd",
-            "off",
-        ],
-    );
+    let t = testkit::etcd::terminator(&etcd, &["--statsd", "off"]);
     let http = t.addr("http");
 
     // The route appears once the terminator's watch has listed etcd.

@@ -179,3 +179,20 @@ pub fn versioned_aggregator(etcd: &Etcd, version: &str, extra: &[&str]) -> crate
     args.extend_from_slice(extra);
     crate::Proc::start("aggregator", &args)
 }
+
+/// The terminator on port 0 (HTTP and admin) following `etcd`'s
+/// registrations (no `--route` unless `extra` gives one); `extra` flags
+/// appended.
+pub fn terminator(etcd: &Etcd, extra: &[&str]) -> crate::Proc {
+    let url = etcd.url();
+    let mut args = vec![
+        "--http",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--etcd",
+        &url,
+    ];
+    args.extend_from_slice(extra);
+    crate::Proc::start("terminator", &args)
+}

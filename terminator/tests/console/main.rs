@@ -312,19 +312,7 @@ fn with_etcd_each_console_merges_the_whole_fleet() {
         ],
     );
     // No --route: both route from the aggregator's registration.
-    let start = || {
-        Proc::start(
-            "terminator",
-            &[
-                "--http",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--etcd",
-                &url,
-            ],
-        )
-    };
+    let start = || testkit::etcd::terminator(&etcd, &[]);
     let (a, b) = (start(), start());
     let echo = format!("{}/echo", a.addr("http"));
     wait_until(Duration::from_secs(20), "terminator A serves /echo", || {

@@ -11,6 +11,17 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+/// The verdicts counted per route and version, in the order `/ghost`,
+/// the metrics and `sbctl ghost` show them.
+pub const VERDICTS: [&str; 6] = [
+    "matched",
+    "mismatched",
+    "failed",
+    "timeouts",
+    "skipped",
+    "unpaired",
+];
+
 #[derive(Default)]
 pub struct Ledger {
     /// Ghost copies outstanding, per service (the cap's count).
@@ -166,15 +177,16 @@ impl Ledger {
 
 impl Entry {
     fn counts(&self) -> [(&'static str, u64); 6] {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        [
-            ("matched", l(&self.matched)),
-            ("mismatched", l(&self.mismatched)),
-            ("failed", l(&self.failed)),
-            ("timeouts", l(&self.timeouts)),
-            ("skipped", l(&self.skipped)),
-            ("unpaired", l(&self.unpaired)),
+        let n = [
+            &self.matched,
+            &self.mismatched,
+            &self.failed,
+            &self.timeouts,
+            &self.skipped,
+            &self.unpaired,
         ]
+        .map(|a| a.load(Ordering::Relaxed));
+        std::array::from_fn(|i| (VERDICTS[i], n[i]))
     }
 }
 

@@ -37,7 +37,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 pub use compare::{Answer, Verdict};
-pub use ledger::{Ledger, Mirror};
+pub use ledger::{Ledger, Mirror, VERDICTS};
 
 pub const DEFAULT_METHODS: [&str; 2] = ["GET", "HEAD"];
 pub const DEFAULT_COMPARE_HEADERS: [&str; 1] = ["content-type"];

@@ -18,8 +18,18 @@ fn try_echo(
     bind: &str,
     max_in_flight: usize,
 ) -> Result<Service, bus::SetupError> {
+    try_echo_tuned(name, bind, max_in_flight, bus::Tuning::default())
+}
+
+fn try_echo_tuned(
+    name: &'static str,
+    bind: &str,
+    max_in_flight: usize,
+    tuning: bus::Tuning,
+) -> Result<Service, bus::SetupError> {
     let mut opts = ServiceOptions::new(name, bind);
     opts.max_in_flight = max_in_flight;
+    opts.tuning = tuning;
     Service::bind(opts, move |req: Request, _deadline| async move {
         if let Some(ms) = req.method.strip_prefix("sleep:") {
             let ms: u64 = ms.parse().unwrap_or(0);
@@ -36,7 +46,12 @@ fn try_echo(
 }
 
 async fn client(endpoints: &[&str]) -> Client {
+    client_tuned(endpoints, bus::Tuning::default()).await
+}
+
+async fn client_tuned(endpoints: &[&str], tuning: bus::Tuning) -> Client {
     let mut o = ClientOptions::new("echo");
+    o.tuning = tuning;
     o.endpoints = endpoints.iter().map(|s| s.to_string()).collect();
     let c = Client::connect(o).expect("connect");
     assert!(c.wait_connected(WAIT).await, "never connected");
@@ -62,8 +77,17 @@ fn in_secs(s: u64) -> Instant {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_calls_each_get_their_own_reply() {
-    let svc = echo("echo", "tcp://127.0.0.1:0", 16_384);
-    let c = client(&[svc.endpoint()]).await;
+    // 218 MB each way through one connection of a debug build, on a CI
+    // machine that may be running other tests: this is about replies
+    // reaching their own callers, not about liveness, so the heartbeat
+    // gets 30 s (it once fired at 3 s with the load average at 8 on two
+    // cores; heartbeats have tests of their own).
+    let patient = bus::Tuning {
+        heartbeat_timeout: Duration::from_secs(30),
+        ..bus::Tuning::default()
+    };
+    let svc = try_echo_tuned("echo", "tcp://127.0.0.1:0", 16_384, patient.clone()).expect("bind");
+    let c = client_tuned(&[svc.endpoint()], patient).await;
     let sizes = [0usize, 1, 64 * 1024];
     let mut tasks = Vec::new();
     for i in 0..10_000u32 {

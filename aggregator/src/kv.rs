@@ -91,7 +91,11 @@ async fn call(
         Err(CallError::Timeout) => 504,
         Err(_) => 503,
     };
-    versions.record(proto::SERVICE, &trace, status, started.elapsed());
+    // A ghost's calls are the ghost's business: a ramp judged on the
+    // backend's versions must see real traffic only.
+    if !o.ghost {
+        versions.record(proto::SERVICE, &trace, status, started.elapsed());
+    }
     out
 }
 

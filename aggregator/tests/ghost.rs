@@ -332,6 +332,16 @@ fn ghost_mismatches_are_exactly_the_differing_subset_and_never_reach_a_client() 
         took < Duration::from_secs(10),
         "200 requests took {took:?}: the ghost's timeouts held the primary up"
     );
+    // The ghost's timeouts are its own: the terminator's bus counters for
+    // the service show none.
+    let stats: serde_json::Value =
+        serde_json::from_slice(&curl("GET", &format!("{admin}/stats"), None).body).unwrap();
+    assert_eq!(
+        stats["counters"]["bus.aggregator.timeouts"].as_u64(),
+        Some(0),
+        "{}",
+        stats["counters"]
+    );
     unsafe {
         libc::kill(v2.pid(), libc::SIGCONT);
     }

@@ -41,6 +41,9 @@ fn try_echo_tuned(
         }
         r.headers
             .push(("served-by".into(), Bytes::from_static(name.as_bytes())));
+        if req.ghost {
+            r.headers.push(("ghost".into(), Bytes::from_static(b"1")));
+        }
         r
     })
 }
@@ -114,6 +117,48 @@ async fn ten_thousand_concurrent_calls_each_get_their_own_reply() {
     let s = c.stats();
     assert_eq!(s.replies, 10_000);
     assert_eq!(s.late + s.unknown, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ghost_call_reaches_only_its_version_marked_and_uncounted() {
+    let (a, b) = (
+        echo("a", "tcp://127.0.0.1:0", 64),
+        echo("b", "tcp://127.0.0.1:0", 64),
+    );
+    let c = client(&[a.endpoint(), b.endpoint()]).await;
+    c.set_versions(&[(a.endpoint(), Some("v1")), (b.endpoint(), Some("v2"))]);
+    for i in 0..20 {
+        let r = c
+            .call_ghost(
+                req("echo", &format!("g{i}"), Bytes::new()),
+                in_secs(5),
+                "v2",
+            )
+            .await
+            .expect("a ghost reply");
+        assert_eq!(r.header("served-by").map(|b| &b[..]), Some(&b"b"[..]));
+        assert_eq!(
+            r.header("ghost").map(|b| &b[..]),
+            Some(&b"1"[..]),
+            "the flag crossed the wire"
+        );
+    }
+    // No instance of the version: at once, never waiting for one.
+    let started = Instant::now();
+    let e = c
+        .call_ghost(req("echo", "none", Bytes::new()), in_secs(5), "v3")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CallError::NoInstance(_)), "{e:?}");
+    assert!(started.elapsed() < Duration::from_millis(100));
+    // A real call is unmarked and counted; the ghosts were not.
+    let r = c
+        .call(req("echo", "real", Bytes::new()), in_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(r.header("ghost"), None);
+    let s = c.stats();
+    assert_eq!((s.calls, s.replies, s.no_instance), (1, 1, 0), "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

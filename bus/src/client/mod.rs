@@ -98,9 +98,24 @@ pub(crate) struct Shared {
     runtime: tokio::runtime::Handle,
     next_instance: AtomicU64,
     counters: Arc<Counters>,
+    /// Ghost copies' outcomes (`Request::ghost`), kept out of `counters`
+    /// and the method histograms, so mirrored traffic never shows as the
+    /// service's own calls, timeouts or no-instance failures. Their
+    /// verdicts are the caller's to count (`traffic::ghost`).
+    ghost_counters: Counters,
     methods: crate::metrics::MethodHists,
     report_instances: bool,
     retry_budget: Option<Arc<RetryBudget>>,
+}
+
+impl Shared {
+    fn counters_for(&self, req: &Request) -> &Counters {
+        if req.ghost {
+            &self.ghost_counters
+        } else {
+            &self.counters
+        }
+    }
 }
 
 impl Drop for Shared {
@@ -157,6 +172,7 @@ impl Client {
                 runtime,
                 next_instance: AtomicU64::new(1),
                 counters,
+                ghost_counters: Counters::default(),
                 methods: Default::default(),
                 report_instances: opts.report_instances,
                 retry_budget: opts.retry_budget,
@@ -372,9 +388,9 @@ impl Client {
         trace: &mut CallTrace,
     ) -> Result<Reply, CallError> {
         let sh = &self.shared;
-        let c = &sh.counters;
+        let c = sh.counters_for(&req);
         c.calls.fetch_add(1, Ordering::Relaxed);
-        if let Some(b) = &sh.retry_budget {
+        if let (Some(b), false) = (&sh.retry_budget, req.ghost) {
             b.deposit();
         }
         if deadline <= Instant::now() {
@@ -402,7 +418,9 @@ impl Client {
                 Attempt::MaybeSent(e) => return Err(e),
             };
             tried.push(inst.id);
-            let Some(budget) = &sh.retry_budget else {
+            // A ghost is never retried: it would spend the real traffic's
+            // budget on a copy nobody waits for.
+            let Some(budget) = sh.retry_budget.as_ref().filter(|_| !req.ghost) else {
                 return Err(e);
             };
             if Instant::now() >= deadline {
@@ -426,6 +444,11 @@ impl Client {
     /// retry budget (mirrored traffic must not earn the real traffic its
     /// retries). No connected instance of `version` is
     /// [`CallError::NoInstance`] at once: a ghost never waits for one.
+    ///
+    /// Any call whose request is marked ghost (this one, or one a service
+    /// makes on a ghost's behalf through [`call_traced`](Self::call_traced))
+    /// is kept out of the client's counters and method histograms, and is
+    /// never retried.
     pub async fn call_ghost(
         &self,
         mut req: Request,
@@ -433,8 +456,9 @@ impl Client {
         version: &str,
     ) -> Result<Reply, CallError> {
         let sh = &self.shared;
-        sh.counters.calls.fetch_add(1, Ordering::Relaxed);
         req.ghost = true;
+        let c = sh.counters_for(&req);
+        c.calls.fetch_add(1, Ordering::Relaxed);
         let inst = {
             let list = sh.instances.read();
             let mine: Vec<Arc<Instance>> = list
@@ -445,11 +469,11 @@ impl Client {
             pick::pick(&mine)
         };
         let Some(inst) = inst else {
-            sh.counters.no_instance.fetch_add(1, Ordering::Relaxed);
+            c.no_instance.fetch_add(1, Ordering::Relaxed);
             return Err(CallError::NoInstance(sh.service.clone()));
         };
         if deadline <= Instant::now() {
-            sh.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            c.timeouts.fetch_add(1, Ordering::Relaxed);
             return Err(CallError::Timeout);
         }
         match self.attempt(&mut req, deadline, &inst).await {
@@ -461,9 +485,9 @@ impl Client {
     /// One attempt on `inst`; each outcome is counted here.
     async fn attempt(&self, req: &mut Request, deadline: Instant, inst: &Arc<Instance>) -> Attempt {
         let sh = &self.shared;
-        let c = &sh.counters;
+        let c = sh.counters_for(req);
         let now = Instant::now();
-        let hist = sh.methods.get(&req.method);
+        let hist = (!req.ghost).then(|| sh.methods.get(&req.method));
         let Some((guard, rx)) = sh.table.insert(inst.id) else {
             c.overloaded.fetch_add(1, Ordering::Relaxed);
             return Attempt::Done(Err(CallError::Overloaded("pending call table full")));
@@ -507,7 +531,9 @@ impl Client {
         };
         if matches!(result, Ok(_) | Err(CallError::Remote { .. })) {
             let took = now.elapsed();
-            hist.record_duration(took);
+            if let Some(h) = &hist {
+                h.record_duration(took);
+            }
             inst.latency.record_duration(took);
         }
         let counter = match &result {

@@ -100,10 +100,17 @@ pub async fn sample(admins: &[String], service: &str, version: &str) -> Result<S
     Ok(s)
 }
 
-/// `sbctl ghost SERVICE`: each route and ghost version's verdicts summed
-/// over the terminators' `/ghost` pages, then the newest mismatches.
-pub async fn ghost_report(admins: &[String], service: &str) -> Result<(), String> {
-    const COUNTS: [&str; 6] = traffic::ghost::VERDICTS;
+/// A service's ghost verdicts, summed over the terminators.
+pub struct GhostTotals {
+    /// (route, ghost version) → counts in [`traffic::ghost::VERDICTS`] order.
+    pub sums: std::collections::BTreeMap<(String, String), [u64; 6]>,
+    /// The mismatch samples of those routes, newest first.
+    pub mismatches: Vec<serde_json::Value>,
+}
+
+/// Reads every terminator's `/ghost`; one that does not answer is an
+/// error, as for [`sample`].
+pub async fn ghost_totals(admins: &[String], service: &str) -> Result<GhostTotals, String> {
     let mut sums: std::collections::BTreeMap<(String, String), [u64; 6]> = Default::default();
     let mut mismatches = Vec::new();
     for admin in admins {
@@ -114,6 +121,7 @@ pub async fn ghost_report(admins: &[String], service: &str) -> Result<(), String
             .map_err(|e| format!("{url}: {e}"))?;
         let v: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
+        let mut routes = Vec::new();
         for r in v["routes"].as_array().into_iter().flatten() {
             if r["service"] != service {
                 continue;
@@ -122,12 +130,12 @@ pub async fn ghost_report(admins: &[String], service: &str) -> Result<(), String
                 r["route"].as_str().unwrap_or("").to_string(),
                 r["version"].as_str().unwrap_or("").to_string(),
             );
+            routes.push(key.0.clone());
             let sum = sums.entry(key).or_default();
-            for (i, k) in COUNTS.iter().enumerate() {
+            for (i, k) in traffic::ghost::VERDICTS.iter().enumerate() {
                 sum[i] += r[*k].as_u64().unwrap_or(0);
             }
         }
-        let routes: Vec<String> = sums.keys().map(|(r, _)| r.clone()).collect();
         mismatches.extend(
             v["mismatches"]
                 .as_array()
@@ -137,6 +145,14 @@ pub async fn ghost_report(admins: &[String], service: &str) -> Result<(), String
                 .cloned(),
         );
     }
+    mismatches.sort_by_key(|m| std::cmp::Reverse(m["at_unix_ms"].as_u64().unwrap_or(0)));
+    Ok(GhostTotals { sums, mismatches })
+}
+
+/// `sbctl ghost SERVICE`: each route and ghost version's verdicts summed
+/// over the terminators' `/ghost` pages, then the newest mismatches.
+pub async fn ghost_report(admins: &[String], service: &str) -> Result<(), String> {
+    let GhostTotals { sums, mismatches } = ghost_totals(admins, service).await?;
     if sums.is_empty() {
         println!("{service}: no ghost copies seen");
         return Ok(());
@@ -151,7 +167,6 @@ pub async fn ghost_report(admins: &[String], service: &str) -> Result<(), String
             c[0], c[1], c[2], c[3], c[4], c[5]
         );
     }
-    mismatches.sort_by_key(|m| std::cmp::Reverse(m["at_unix_ms"].as_u64().unwrap_or(0)));
     if !mismatches.is_empty() {
         println!("last mismatches:");
     }

@@ -348,10 +348,10 @@ async fn status(
         }
         let mut versions: Vec<String> = regs.iter().map(|r| r.version.clone()).collect();
         versions.dedup();
-        let admins = &store.callers(admins, &service).await?;
+        let callers = &store.callers(admins, &service).await?;
         let mut before = Vec::new();
         for v in &versions {
-            before.push(fleet::sample(admins, &service, v).await);
+            before.push(fleet::sample(callers, &service, v).await);
         }
         tokio::time::sleep(window).await;
         println!(
@@ -368,7 +368,7 @@ async fn status(
                     .find(|(x, _)| x == v)
                     .map_or("0".into(), |(_, w)| w.to_string())
             };
-            let (rate, err, p99) = match (b, fleet::sample(admins, &service, v).await) {
+            let (rate, err, p99) = match (b, fleet::sample(callers, &service, v).await) {
                 (Ok(b), Ok(a)) => {
                     let w = fleet::Window::between(&b, &a);
                     (
@@ -389,6 +389,22 @@ async fn status(
                 "    {:<12} {}  admin {}  instance {}",
                 r.version, r.bus, r.admin, r.instance
             );
+        }
+        // Ghost mode runs in the terminators only.
+        if doc.contains_key("ghost") {
+            match fleet::ghost_totals(admins, &service).await {
+                Ok(t) => {
+                    for ((route, version), c) in &t.sums {
+                        let shown: Vec<String> = traffic::ghost::VERDICTS
+                            .iter()
+                            .zip(c)
+                            .map(|(k, n)| format!("{k} {n}"))
+                            .collect();
+                        println!("  ghost {version} on {route}: {}", shown.join(", "));
+                    }
+                }
+                Err(e) => eprintln!("sbctl: {e}"),
+            }
         }
     }
     Ok(())

@@ -147,6 +147,8 @@ fn ramp_rolls_back_a_failing_version_and_completes_a_healthy_one() {
             .and_then(|m| m.parse::<u64>().ok())
             .is_some_and(|m| m > 20)
     });
+    let (ok, out, err) = sbctl(&etcd, &admin, &["status", "aggregator"]);
+    assert!(ok && out.contains("ghost v1 on /: matched "), "{out}{err}");
     let (_, out, _) = sbctl(&etcd, &admin, &["ghost", "aggregator"]);
     let row: Vec<&str> = out
         .lines()

@@ -98,6 +98,7 @@ fn admin_token_file_is_read_and_a_missing_one_reported() {
     ]);
     assert!(a.problems().is_empty(), "{:#?}", a.problems());
     assert!(a
+        .common
         .admin_token
         .token()
         .unwrap()

@@ -75,23 +75,10 @@ pub struct Flags {
     #[arg(long = "policy", value_name = "FILE", env = "SWITCHBOARD_POLICY")]
     pub policy: Option<std::path::PathBuf>,
 
+    /// --etcd*, --advertise, --service-version, metrics, security,
+    /// --threads, --admin-token: the flags every service takes.
     #[command(flatten)]
-    pub discovery: discovery::EtcdArgs,
-
-    #[command(flatten)]
-    pub version: discovery::VersionArgs,
-
-    #[command(flatten)]
-    pub metrics: svc_host::metrics::MetricsArgs,
-
-    #[command(flatten)]
-    pub security: svc_host::security::SecurityArgs,
-
-    #[command(flatten)]
-    pub runtime: svc_host::RuntimeArgs,
-
-    #[command(flatten)]
-    pub admin_token: svc_host::admin::TokenArgs,
+    pub common: discovery::ServiceFlags,
 }
 
 /// The aggregator's settings, parsed from [`Flags`].
@@ -109,16 +96,11 @@ pub struct Args {
     pub grace: Duration,
     /// `--policy`: the backend calls' traffic policy file.
     pub policy: Option<std::path::PathBuf>,
-    pub discovery: discovery::EtcdArgs,
-    /// `--service-version`: what this instance registers.
-    pub version: discovery::VersionArgs,
-    pub metrics: svc_host::metrics::MetricsArgs,
-    pub security: svc_host::security::SecurityArgs,
-    pub runtime: svc_host::RuntimeArgs,
+    /// The flags every service takes (etcd, version, metrics, security,
+    /// runtime, admin token).
+    pub common: discovery::ServiceFlags,
     /// Values that did not parse (their fields keep the default).
     unparsed: Vec<String>,
-    /// `--admin-token`: the admin pages but /healthz and /readyz need it.
-    pub admin_token: svc_host::admin::TokenArgs,
 }
 
 impl Args {
@@ -177,13 +159,8 @@ impl Args {
             ),
             grace: p.get("--grace", f.grace.as_deref(), DEFAULT_GRACE, duration),
             policy: f.policy,
-            discovery: f.discovery,
-            version: f.version,
-            metrics: f.metrics,
-            security: f.security,
-            runtime: f.runtime,
+            common: f.common,
             unparsed: p.problems,
-            admin_token: f.admin_token,
         }
     }
 
@@ -208,24 +185,7 @@ impl Args {
                 p.extend(e.into_iter().map(|e| format!("--policy: {e}")));
             }
         }
-        if let Err(e) = self.runtime.threads() {
-            p.push(e);
-        }
-        if let Err(e) = self.version.version(env!("CARGO_PKG_VERSION")) {
-            p.push(e);
-        }
-        if let Err(e) = self.discovery.options() {
-            p.extend(e);
-        }
-        if let Err(e) = self.admin_token.token() {
-            p.push(e);
-        }
-        if let Err(e) = self.metrics.settings() {
-            p.extend(e);
-        }
-        if let Err(e) = self.security.settings() {
-            p.extend(e);
-        }
+        p.extend(self.common.problems(env!("CARGO_PKG_VERSION")));
         p
     }
 }
@@ -261,7 +221,7 @@ impl telemetry::Source for Metrics {
 impl App {
     pub fn new(args: &Args) -> Result<App, bus::SetupError> {
         // Checked by `problems` before `run`; a test that skips it gets NULL.
-        let security = args.security.settings().unwrap_or_default();
+        let security = args.common.security.settings().unwrap_or_default();
         let mut opts = ClientOptions::new(kv_proto::SERVICE);
         opts.endpoints = args.backend.clone();
         opts.tuning.mechanism = security.client();
@@ -327,7 +287,7 @@ pub async fn run(
     on_bound: impl FnOnce(&str),
 ) -> Result<(), bus::SetupError> {
     let app = Arc::new(App::new(&args)?);
-    let security = args.security.settings().unwrap_or_default();
+    let security = args.common.security.settings().unwrap_or_default();
     security.log("aggregator", true);
     if let Err(e) = security.watch() {
         tracing::warn!(error = %e, "--curve-authorized will not be reloaded: no watcher");
@@ -348,7 +308,7 @@ pub async fn run(
             tracing::warn!(problems = %e.join("; "), "traffic policy refused");
         }
     }
-    let etcd = args.discovery.options().ok().flatten();
+    let etcd = args.common.discovery.options().ok().flatten();
     let _backend_watch = etcd.clone().map(|o| watch_backend(o, app.clone(), &args));
     let _policy_watch = etcd.clone().map(|o| {
         let policies = app.kv.policies.clone();
@@ -360,19 +320,15 @@ pub async fn run(
         let reg = discovery::Registration {
             service: "aggregator".into(),
             instance: discovery::registration::instance_id(),
-            bus: args.discovery.advertised_endpoint(svc.endpoint()),
+            bus: args.common.discovery.advertised_endpoint(svc.endpoint()),
             events: None,
             admin: admin
                 .local_addr()
-                .map(|a| args.discovery.advertised_url(a))
+                .map(|a| args.common.discovery.advertised_url(a))
                 .unwrap_or_default(),
             // The convention: the aggregator is the web-facing service.
             routes: vec!["/".into()],
-            // Checked by `problems` before `run`.
-            version: args
-                .version
-                .version(env!("CARGO_PKG_VERSION"))
-                .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").into()),
+            version: args.common.registered_version(env!("CARGO_PKG_VERSION")),
             started_at: discovery::registration::now_unix(),
             draining: false,
             curve_key: security.public_key(),
@@ -387,7 +343,7 @@ pub async fn run(
             svc: svc.monitor(),
             draining: draining.clone(),
         }),
-        args.admin_token.token().ok().flatten(),
+        args.common.admin_token.token().ok().flatten(),
     ));
     shutdown.await;
     draining.store(true, Ordering::SeqCst);
@@ -508,8 +464,8 @@ impl svc_host::admin::Admin for AdminPages {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let metrics = args.metrics.settings().ok();
-    let (problems, layout, admin) = (args.problems(), args.runtime.layout(), args.admin);
+    let metrics = args.common.metrics.settings().ok();
+    let (problems, layout, admin) = (args.problems(), args.common.runtime.layout(), args.admin);
     svc_host::process::service_main(
         "aggregator",
         problems,

@@ -68,23 +68,10 @@ pub struct Flags {
     #[arg(long, env = "SWITCHBOARD_GRACE")]
     pub grace: Option<String>,
 
+    /// --etcd*, --advertise, --service-version, metrics, security,
+    /// --threads, --admin-token: the flags every service takes.
     #[command(flatten)]
-    pub discovery: discovery::EtcdArgs,
-
-    #[command(flatten)]
-    pub version: discovery::VersionArgs,
-
-    #[command(flatten)]
-    pub metrics: svc_host::metrics::MetricsArgs,
-
-    #[command(flatten)]
-    pub security: svc_host::security::SecurityArgs,
-
-    #[command(flatten)]
-    pub runtime: svc_host::RuntimeArgs,
-
-    #[command(flatten)]
-    pub admin_token: svc_host::admin::TokenArgs,
+    pub common: discovery::ServiceFlags,
 }
 
 /// backend-svc's settings, parsed from [`Flags`].
@@ -98,16 +85,11 @@ pub struct Args {
     pub write_queue: usize,
     pub max_in_flight: usize,
     pub grace: Duration,
-    pub discovery: discovery::EtcdArgs,
-    /// `--service-version`: what this instance registers.
-    pub version: discovery::VersionArgs,
-    pub metrics: svc_host::metrics::MetricsArgs,
-    pub security: svc_host::security::SecurityArgs,
-    pub runtime: svc_host::RuntimeArgs,
+    /// The flags every service takes (etcd, version, metrics, security,
+    /// runtime, admin token).
+    pub common: discovery::ServiceFlags,
     /// Values that did not parse (their fields keep the default).
     unparsed: Vec<String>,
-    /// `--admin-token`: the admin pages but /healthz and /readyz need it.
-    pub admin_token: svc_host::admin::TokenArgs,
 }
 
 impl Args {
@@ -157,13 +139,8 @@ impl Args {
                 count,
             ),
             grace: p.get("--grace", f.grace.as_deref(), DEFAULT_GRACE, duration),
-            discovery: f.discovery,
-            version: f.version,
-            metrics: f.metrics,
-            security: f.security,
-            runtime: f.runtime,
+            common: f.common,
             unparsed: p.problems,
-            admin_token: f.admin_token,
         }
     }
 
@@ -176,24 +153,7 @@ impl Args {
         if let Err(e) = bus::check_endpoint(&self.events) {
             p.push(format!("--events: {e}"));
         }
-        if let Err(e) = self.runtime.threads() {
-            p.push(e);
-        }
-        if let Err(e) = self.version.version(env!("CARGO_PKG_VERSION")) {
-            p.push(e);
-        }
-        if let Err(e) = self.discovery.options() {
-            p.extend(e);
-        }
-        if let Err(e) = self.admin_token.token() {
-            p.push(e);
-        }
-        if let Err(e) = self.metrics.settings() {
-            p.extend(e);
-        }
-        if let Err(e) = self.security.settings() {
-            p.extend(e);
-        }
+        p.extend(self.common.problems(env!("CARGO_PKG_VERSION")));
         p
     }
 }
@@ -217,7 +177,7 @@ pub async fn run(
     on_bound: impl FnOnce(Bound<'_>),
 ) -> Result<(), RunError> {
     // Checked by `problems` before `run`; a test that skips it gets NULL.
-    let security = args.security.settings().unwrap_or_default();
+    let security = args.common.security.settings().unwrap_or_default();
     security.log("backend-svc", true);
     if let Err(e) = security.watch() {
         tracing::warn!(error = %e, "--curve-authorized will not be reloaded: no watcher");
@@ -256,8 +216,8 @@ pub async fn run(
         bus: svc.endpoint(),
         events: publisher.endpoint(),
     });
-    let registrar = args.discovery.options().ok().flatten().map(|o| {
-        let d = &args.discovery;
+    let registrar = args.common.discovery.options().ok().flatten().map(|o| {
+        let d = &args.common.discovery;
         let reg = discovery::Registration {
             service: proto::SERVICE.into(),
             instance: discovery::registration::instance_id(),
@@ -269,11 +229,7 @@ pub async fn run(
                 .unwrap_or_default(),
             // Reached through the aggregator, never routed from HTTP.
             routes: Vec::new(),
-            // Checked by `problems` before `run`.
-            version: args
-                .version
-                .version(env!("CARGO_PKG_VERSION"))
-                .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").into()),
+            version: args.common.registered_version(env!("CARGO_PKG_VERSION")),
             started_at: discovery::registration::now_unix(),
             draining: false,
             curve_key: security.public_key(),
@@ -288,7 +244,7 @@ pub async fn run(
             store: store.clone(),
             draining: draining.clone(),
         }),
-        args.admin_token.token().ok().flatten(),
+        args.common.admin_token.token().ok().flatten(),
     ));
     shutdown.await;
     draining.store(true, Ordering::SeqCst);
@@ -354,8 +310,8 @@ pub enum RunError {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let metrics = args.metrics.settings().ok();
-    let (problems, layout, admin) = (args.problems(), args.runtime.layout(), args.admin);
+    let metrics = args.common.metrics.settings().ok();
+    let (problems, layout, admin) = (args.problems(), args.common.runtime.layout(), args.admin);
     svc_host::process::service_main(
         "backend-svc",
         problems,

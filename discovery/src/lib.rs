@@ -15,7 +15,10 @@
 //!
 //! # Layout
 //!
-//! - [`args`]: the `--etcd*` / `--advertise` flags every process shares.
+//! - [`args`]: the `--etcd*` / `--advertise` flags every process shares,
+//!   and `--service-version`.
+//! - [`service_flags`]: [`ServiceFlags`], every flag a bus service takes
+//!   beside its own, declared and checked once.
 //! - [`registration`]: what an instance publishes, and the key layout.
 //! - [`registrar`]: [`Registrar`], keep one registration alive.
 //! - [`watcher`]: [`Watcher`], follow a prefix, with the current set handed
@@ -24,11 +27,13 @@
 pub mod args;
 pub mod registrar;
 pub mod registration;
+pub mod service_flags;
 pub mod watcher;
 
 pub use args::{EtcdArgs, VersionArgs, DEREGISTER_SETTLE};
 pub use registrar::Registrar;
 pub use registration::Registration;
+pub use service_flags::ServiceFlags;
 pub use watcher::{Snapshot, Watcher};
 
 use std::time::Duration;

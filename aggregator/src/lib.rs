@@ -310,30 +310,21 @@ pub async fn run(
     }
     let etcd = args.common.discovery.options().ok().flatten();
     let _backend_watch = etcd.clone().map(|o| watch_backend(o, app.clone(), &args));
-    let _policy_watch = etcd.clone().map(|o| {
+    let _policy_watch = etcd.map(|o| {
         let policies = app.kv.policies.clone();
         discovery::Watcher::start_documents(o, discovery::POLICY_PREFIX.into(), move |docs| {
             policies.apply_etcd(docs)
         })
     });
-    let registrar = etcd.map(|o| {
-        let reg = discovery::Registration {
-            service: "aggregator".into(),
-            instance: discovery::registration::instance_id(),
-            bus: args.common.discovery.advertised_endpoint(svc.endpoint()),
-            events: None,
-            admin: admin
-                .local_addr()
-                .map(|a| args.common.discovery.advertised_url(a))
-                .unwrap_or_default(),
-            // The convention: the aggregator is the web-facing service.
-            routes: vec!["/".into()],
-            version: args.common.registered_version(env!("CARGO_PKG_VERSION")),
-            started_at: discovery::registration::now_unix(),
-            draining: false,
-            curve_key: security.public_key(),
-        };
-        discovery::Registrar::start(o, reg)
+    let registrar = args.common.register(discovery::service_flags::Published {
+        service: "aggregator",
+        bus: svc.endpoint(),
+        events: None,
+        admin: admin.local_addr().ok(),
+        // The convention: the aggregator is the web-facing service.
+        routes: vec!["/".into()],
+        curve_key: security.public_key(),
+        crate_version: env!("CARGO_PKG_VERSION"),
     });
     let draining = Arc::new(AtomicBool::new(false));
     let admin_task = tokio::spawn(svc_host::admin::serve_with(
@@ -347,12 +338,7 @@ pub async fn run(
     ));
     shutdown.await;
     draining.store(true, Ordering::SeqCst);
-    if let Some(r) = registrar {
-        // Leave the registry first and keep serving while callers notice;
-        // only then refuse new work and drain.
-        r.deregister(Duration::from_secs(2)).await;
-        tokio::time::sleep(discovery::DEREGISTER_SETTLE).await;
-    }
+    discovery::service_flags::leave(registrar).await;
     svc.shutdown(grace).await;
     admin_task.abort();
     Ok(())

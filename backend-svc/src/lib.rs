@@ -216,25 +216,15 @@ pub async fn run(
         bus: svc.endpoint(),
         events: publisher.endpoint(),
     });
-    let registrar = args.common.discovery.options().ok().flatten().map(|o| {
-        let d = &args.common.discovery;
-        let reg = discovery::Registration {
-            service: proto::SERVICE.into(),
-            instance: discovery::registration::instance_id(),
-            bus: d.advertised_endpoint(svc.endpoint()),
-            events: Some(d.advertised_endpoint(publisher.endpoint())),
-            admin: admin
-                .local_addr()
-                .map(|a| d.advertised_url(a))
-                .unwrap_or_default(),
-            // Reached through the aggregator, never routed from HTTP.
-            routes: Vec::new(),
-            version: args.common.registered_version(env!("CARGO_PKG_VERSION")),
-            started_at: discovery::registration::now_unix(),
-            draining: false,
-            curve_key: security.public_key(),
-        };
-        discovery::Registrar::start(o, reg)
+    let registrar = args.common.register(discovery::service_flags::Published {
+        service: proto::SERVICE,
+        bus: svc.endpoint(),
+        events: Some(publisher.endpoint()),
+        admin: admin.local_addr().ok(),
+        // Reached through the aggregator, never routed from HTTP.
+        routes: Vec::new(),
+        curve_key: security.public_key(),
+        crate_version: env!("CARGO_PKG_VERSION"),
     });
     let draining = Arc::new(AtomicBool::new(false));
     let admin_task = tokio::spawn(svc_host::admin::serve_with(
@@ -248,12 +238,7 @@ pub async fn run(
     ));
     shutdown.await;
     draining.store(true, Ordering::SeqCst);
-    if let Some(r) = registrar {
-        // Leave the registry first and keep serving while callers notice;
-        // only then refuse new work and drain.
-        r.deregister(Duration::from_secs(2)).await;
-        tokio::time::sleep(discovery::DEREGISTER_SETTLE).await;
-    }
+    discovery::service_flags::leave(registrar).await;
     svc.shutdown(grace).await;
     admin_task.abort();
     let _ = admin_task.await;

@@ -63,3 +63,54 @@ impl ServiceFlags {
             .unwrap_or_else(|_| crate_version.to_string())
     }
 }
+
+/// What a service instance publishes about itself, beside what the flags
+/// say (its advertised addresses and version).
+pub struct Published<'a> {
+    pub service: &'a str,
+    /// The bound bus endpoint (advertised through `--advertise`).
+    pub bus: &'a str,
+    /// The bound events endpoint, if the service publishes events.
+    pub events: Option<&'a str>,
+    /// The bound admin address.
+    pub admin: Option<std::net::SocketAddr>,
+    /// HTTP path prefixes the terminator routes to the service.
+    pub routes: Vec<String>,
+    /// Its CURVE public key (Z85), when the bus runs CURVE.
+    pub curve_key: Option<String>,
+    /// What `--service-version` defaults to: the binary's version.
+    pub crate_version: &'a str,
+}
+
+impl ServiceFlags {
+    /// With `--etcd`, registers the instance (leased, kept alive); `None`
+    /// without etcd.
+    pub fn register(&self, p: Published<'_>) -> Option<crate::Registrar> {
+        let opts = self.discovery.options().ok().flatten()?;
+        let d = &self.discovery;
+        let reg = crate::Registration {
+            service: p.service.into(),
+            instance: crate::registration::instance_id(),
+            bus: d.advertised_endpoint(p.bus),
+            events: p.events.map(|e| d.advertised_endpoint(e)),
+            admin: p.admin.map(|a| d.advertised_url(a)).unwrap_or_default(),
+            routes: p.routes,
+            version: self.registered_version(p.crate_version),
+            started_at: crate::registration::now_unix(),
+            draining: false,
+            curve_key: p.curve_key,
+        };
+        Some(crate::Registrar::start(opts, reg))
+    }
+}
+
+/// The first step of every service's stop: leave the registry (at most
+/// 2 s), then keep serving for [`DEREGISTER_SETTLE`](crate::DEREGISTER_SETTLE)
+/// while callers notice; only after this may the service refuse new work
+/// and drain. Nothing to do without etcd.
+pub async fn leave(registrar: Option<crate::Registrar>) {
+    if let Some(r) = registrar {
+        r.deregister(std::time::Duration::from_secs(2)).await;
+        tokio::time::sleep(crate::DEREGISTER_SETTLE).await;
+    }
+}

@@ -79,30 +79,3 @@ fn help_gives_the_defaults_in_the_text_like_the_terminator() {
     // No clap-made default after the env (`[env: X=] [default: Y]`).
     assert!(!help.contains("=] [default:"), "{help}");
 }
-
-#[test]
-fn admin_token_file_is_read_and_a_missing_one_reported() {
-    let missing = Args::parse_from(["aggregator", "--admin-token", "/nonexistent/admin-token"]);
-    let p = missing.problems();
-    assert!(
-        p.iter()
-            .any(|e| e.starts_with("--admin-token /nonexistent/admin-token")),
-        "{p:#?}"
-    );
-    let f = std::env::temp_dir().join(format!("sb-aggregator-token-{}", std::process::id()));
-    std::fs::write(&f, "tok\n").unwrap();
-    let a = Args::parse_from([
-        "aggregator".as_ref(),
-        "--admin-token".as_ref(),
-        f.as_os_str(),
-    ]);
-    assert!(a.problems().is_empty(), "{:#?}", a.problems());
-    assert!(a
-        .common
-        .admin_token
-        .token()
-        .unwrap()
-        .unwrap()
-        .allows(Some(b"Bearer tok")));
-    std::fs::remove_file(&f).unwrap();
-}

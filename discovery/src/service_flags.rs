@@ -114,3 +114,77 @@ pub async fn leave(registrar: Option<crate::Registrar>) {
         tokio::time::sleep(crate::DEREGISTER_SETTLE).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        f: ServiceFlags,
+    }
+
+    fn flags(args: &[&std::ffi::OsStr]) -> ServiceFlags {
+        Cli::parse_from(std::iter::once("svc".as_ref()).chain(args.iter().copied())).f
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_and_good_ones_pass() {
+        assert!(flags(&[]).problems("0.1.0").is_empty());
+        let bad = [
+            "--threads=0",
+            "--statsd=nope",
+            "--etcd-ttl=1x",
+            "--service-version=has space",
+            "--bus-security=rot13",
+        ];
+        let f = flags(&bad.map(std::ffi::OsStr::new));
+        let p = f.problems("0.1.0");
+        assert_eq!(p.len(), bad.len(), "{p:#?}");
+        for flag in [
+            "--threads",
+            "--statsd",
+            "--etcd-ttl",
+            "--service-version",
+            "--bus-security",
+        ] {
+            assert!(p.iter().any(|m| m.starts_with(flag)), "{flag}: {p:#?}");
+        }
+        assert_eq!(
+            f.registered_version("0.1.0"),
+            "0.1.0",
+            "a refused label falls back"
+        );
+    }
+
+    #[test]
+    fn admin_token_file_is_read_and_a_missing_one_reported() {
+        let missing = flags(&[
+            "--admin-token".as_ref(),
+            "/nonexistent/admin-token".as_ref(),
+        ]);
+        let p = missing.problems("0.1.0");
+        assert!(
+            p.iter()
+                .any(|e| e.starts_with("--admin-token /nonexistent/admin-token")),
+            "{p:#?}"
+        );
+        let f = std::env::temp_dir().join(format!("sb-service-flags-token-{}", std::process::id()));
+        std::fs::write(&f, "tok\n").unwrap();
+        let ok = flags(&["--admin-token".as_ref(), f.as_os_str()]);
+        assert!(
+            ok.problems("0.1.0").is_empty(),
+            "{:#?}",
+            ok.problems("0.1.0")
+        );
+        assert!(ok
+            .admin_token
+            .token()
+            .unwrap()
+            .unwrap()
+            .allows(Some(b"Bearer tok")));
+        std::fs::remove_file(&f).unwrap();
+    }
+}

@@ -92,7 +92,7 @@ where
     let uri = req.uri().clone();
     let mut seen = Seen::default();
     let mut shed = false;
-    let res = match forward(edge, req, &rid, target.as_deref(), &mut seen).await {
+    let res = match forward(edge, req, &rid, target.as_deref(), started, &mut seen).await {
         Ok(r) => r,
         Err(e) => {
             shed = matches!(e, EdgeError::Shed);
@@ -245,6 +245,7 @@ async fn forward<B>(
     req: Request<B>,
     rid: &HeaderValue,
     target: Option<&Target>,
+    started: Instant,
     seen: &mut Seen,
 ) -> Result<Response<Full<Bytes>>, EdgeError>
 where
@@ -277,7 +278,8 @@ where
         }
     }
     let (parts, body) = req.into_parts();
-    let deadline = Instant::now() + target.timeout;
+    // From the request's arrival (read once, in `handle`).
+    let deadline = started + target.timeout;
     let body = match Limited::new(body, edge.max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {

@@ -393,14 +393,21 @@ impl Client {
         if let (Some(b), false) = (&sh.retry_budget, req.ghost) {
             b.deposit();
         }
-        if deadline <= Instant::now() {
+        // One clock read serves the check and the first attempt (40 ns a
+        // read on the VMs this runs on), unless the call waits for an
+        // instance first.
+        let mut now = Instant::now();
+        if deadline <= now {
             c.timeouts.fetch_add(1, Ordering::Relaxed);
             return Err(CallError::Timeout);
         }
         let mut inst = match self.pick(route) {
             Some(i) => i,
             None => match self.await_first_connection(deadline, route).await {
-                Some(i) => i,
+                Some(i) => {
+                    now = Instant::now();
+                    i
+                }
                 None => {
                     c.no_instance.fetch_add(1, Ordering::Relaxed);
                     return Err(CallError::NoInstance(sh.service.clone()));
@@ -411,7 +418,7 @@ impl Client {
         let mut tried: Vec<u64> = Vec::new();
         loop {
             trace.instance = Some(inst.clone());
-            let e = match self.attempt(&mut req, deadline, &inst).await {
+            let e = match self.attempt(&mut req, deadline, &inst, now).await {
                 Attempt::Done(r) => return r,
                 Attempt::NotSent(e) => e,
                 Attempt::MaybeSent(e) if idempotent => e,
@@ -423,7 +430,8 @@ impl Client {
             let Some(budget) = sh.retry_budget.as_ref().filter(|_| !req.ghost) else {
                 return Err(e);
             };
-            if Instant::now() >= deadline {
+            now = Instant::now();
+            if now >= deadline {
                 return Err(e);
             }
             let Some(next) = pick::pick_untried(&sh.instances.read(), &tried, route) else {
@@ -472,21 +480,27 @@ impl Client {
             c.no_instance.fetch_add(1, Ordering::Relaxed);
             return Err(CallError::NoInstance(sh.service.clone()));
         };
-        if deadline <= Instant::now() {
+        let now = Instant::now();
+        if deadline <= now {
             c.timeouts.fetch_add(1, Ordering::Relaxed);
             return Err(CallError::Timeout);
         }
-        match self.attempt(&mut req, deadline, &inst).await {
+        match self.attempt(&mut req, deadline, &inst, now).await {
             Attempt::Done(r) => r,
             Attempt::NotSent(e) | Attempt::MaybeSent(e) => Err(e),
         }
     }
 
-    /// One attempt on `inst`; each outcome is counted here.
-    async fn attempt(&self, req: &mut Request, deadline: Instant, inst: &Arc<Instance>) -> Attempt {
+    /// One attempt on `inst`, starting `now`; each outcome is counted here.
+    async fn attempt(
+        &self,
+        req: &mut Request,
+        deadline: Instant,
+        inst: &Arc<Instance>,
+        now: Instant,
+    ) -> Attempt {
         let sh = &self.shared;
         let c = sh.counters_for(req);
-        let now = Instant::now();
         let hist = (!req.ghost).then(|| sh.methods.get(&req.method));
         let Some((guard, rx)) = sh.table.insert(inst.id) else {
             c.overloaded.fetch_add(1, Ordering::Relaxed);

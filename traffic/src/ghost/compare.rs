@@ -266,15 +266,7 @@ mod tests {
     use crate::ghost::Ghost;
 
     fn ghost(ignore: &[&str]) -> Ghost {
-        Ghost {
-            version: "v2".into(),
-            fraction: 1.0,
-            methods: vec!["GET".into()],
-            compare_headers: vec![http::header::CONTENT_TYPE],
-            ignore: ignore.iter().map(|p| parse_pointer(p).unwrap()).collect(),
-            max_in_flight: 8,
-            samples: 4,
-        }
+        Ghost::new("v2", 1.0, ignore)
     }
 
     fn json(status: u16, body: &str) -> Answer {

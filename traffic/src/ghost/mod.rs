@@ -76,6 +76,24 @@ pub struct Ghost {
 }
 
 impl Ghost {
+    /// Copies `fraction` of requests to `version` with every other
+    /// setting at its default, and `ignore`'s pointers that parse
+    /// (settings from a document go through the policy's checks instead).
+    pub fn new(version: impl Into<String>, fraction: f64, ignore: &[&str]) -> Ghost {
+        Ghost {
+            version: version.into(),
+            fraction,
+            methods: DEFAULT_METHODS.map(String::from).to_vec(),
+            compare_headers: vec![http::header::CONTENT_TYPE],
+            ignore: ignore
+                .iter()
+                .filter_map(|p| compare::parse_pointer(p))
+                .collect(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            samples: DEFAULT_SAMPLES,
+        }
+    }
+
     /// Whether this request is copied: its method is one of `methods`
     /// and it falls in the sampled fraction.
     pub fn sample(&self, method: &str) -> bool {

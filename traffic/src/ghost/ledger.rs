@@ -58,9 +58,19 @@ struct Sample {
 }
 
 impl Ledger {
+    /// The route and version's entry, made on first use. Looked up by
+    /// `&str` (a handful of entries: routes × ghost versions), so a
+    /// sampled request allocates no key.
     fn entry(&self, service: &str, route: &str, version: &str) -> Arc<Entry> {
-        self.entries
-            .lock()
+        let mut entries = self.entries.lock();
+        if let Some(e) = entries
+            .iter()
+            .find(|((r, v), _)| r == route && v == version)
+            .map(|(_, e)| e.clone())
+        {
+            return e;
+        }
+        entries
             .entry((route.to_string(), version.to_string()))
             .or_insert_with(|| {
                 Arc::new(Entry {
@@ -69,6 +79,15 @@ impl Ledger {
                 })
             })
             .clone()
+    }
+
+    /// The service's count of copies in flight, made on first use.
+    fn slot(&self, service: &str) -> Arc<AtomicUsize> {
+        let mut m = self.in_flight.lock();
+        match m.get(service) {
+            Some(s) => s.clone(),
+            None => m.entry(service.to_string()).or_default().clone(),
+        }
     }
 
     /// A ghost copy of a request with `method` to `route`'s `service`, if
@@ -86,12 +105,7 @@ impl Ledger {
             return None;
         }
         let entry = self.entry(service, route, &g.version);
-        let slot = self
-            .in_flight
-            .lock()
-            .entry(service.to_string())
-            .or_default()
-            .clone();
+        let slot = self.slot(service);
         if slot.fetch_add(1, Ordering::Relaxed) >= g.max_in_flight {
             slot.fetch_sub(1, Ordering::Relaxed);
             entry.skipped.fetch_add(1, Ordering::Relaxed);
@@ -266,5 +280,38 @@ impl Mirror {
             };
         });
         Primary(tx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_skips_and_counts_and_a_finished_copy_frees_its_slot() {
+        let ledger = Arc::new(Ledger::default());
+        let mut g = Ghost::new("v2", 1.0, &[]);
+        g.max_in_flight = 2;
+        let g = Arc::new(g);
+        let a = ledger.start(&g, "svc", "/", "GET");
+        let b = ledger.start(&g, "svc", "/", "GET");
+        assert!(a.is_some() && b.is_some());
+        assert!(
+            ledger.start(&g, "svc", "/", "GET").is_none(),
+            "over the cap"
+        );
+        assert!(
+            ledger.start(&g, "svc", "/", "POST").is_none(),
+            "not a copied method"
+        );
+        drop(a);
+        assert!(
+            ledger.start(&g, "svc", "/", "GET").is_some(),
+            "a slot came back"
+        );
+        let totals = ledger.totals("svc", "v2");
+        assert_eq!(totals[4], ("skipped", 1), "{totals:?}");
+        // Another service has a cap of its own.
+        assert!(ledger.start(&g, "other", "/o", "GET").is_some());
     }
 }

@@ -18,10 +18,6 @@ fn aggregator(etcd: &Etcd, extra: &[&str]) -> Proc {
 fn aggregator_ttl(etcd: &Etcd, ttl: &str, keepalive: &str, extra: &[&str]) -> Proc {
     let url = etcd.url();
     let mut args = vec![
-        "--bus",
-        "tcp://127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
         "--etcd",
         &url,
         "--etcd-ttl",
@@ -30,7 +26,7 @@ fn aggregator_ttl(etcd: &Etcd, ttl: &str, keepalive: &str, extra: &[&str]) -> Pr
         keepalive,
     ];
     args.extend_from_slice(extra);
-    Proc::start("aggregator", &args)
+    testkit::aggregator(&args)
 }
 
 /// A 10 s default deadline: slow CI machines must not turn a slow reply

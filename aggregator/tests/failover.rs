@@ -8,17 +8,7 @@ use std::time::Duration;
 use testkit::{bin, curl, free_endpoint, wait_until, Proc};
 
 fn aggregator(backend: &str) -> Proc {
-    Proc::start(
-        "aggregator",
-        &[
-            "--bus",
-            "tcp://127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--backend",
-            backend,
-        ],
-    )
+    testkit::aggregator(&["--backend", backend])
 }
 
 fn received(a: &Proc) -> u64 {

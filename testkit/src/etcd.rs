@@ -166,18 +166,9 @@ pub fn free_port() -> u16 {
 /// flags (the live-upgrade tests run several versions side by side).
 pub fn versioned_aggregator(etcd: &Etcd, version: &str, extra: &[&str]) -> crate::Proc {
     let url = etcd.url();
-    let mut args = vec![
-        "--bus",
-        "tcp://127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--etcd",
-        &url,
-        "--service-version",
-        version,
-    ];
+    let mut args = vec!["--etcd", &url, "--service-version", version];
     args.extend_from_slice(extra);
-    crate::Proc::start("aggregator", &args)
+    crate::aggregator(&args)
 }
 
 /// The terminator on port 0 (HTTP and admin) following `etcd`'s

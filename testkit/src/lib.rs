@@ -5,7 +5,7 @@
 //!
 //! - [`bin`]: path to a workspace binary, built once per test process.
 //! - [`Proc`]: a child that printed its "listening" line; killed on drop.
-//! - [`backend_svc`], [`terminator`]: the stack's processes with the flags
+//! - [`backend_svc`], [`aggregator`], [`terminator`]: the stack's processes with the flags
 //!   every test gives them (admin on port 0), plus the test's own.
 //! - [`curl`]: one HTTP request through the real curl.
 //! - [`wait_until`]: poll a condition with a bound (tests never sleep to
@@ -354,6 +354,14 @@ pub fn python_service(script: &Path, args: &[&str]) -> Proc {
         fastish_id()
     ));
     Proc::start_command(&name, cmd, log)
+}
+
+/// The aggregator with its bus and admin on port 0; `extra` flags
+/// appended (`--backend`, `--etcd`, ...).
+pub fn aggregator(extra: &[&str]) -> Proc {
+    let mut args = vec!["--bus", "tcp://127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Proc::start("aggregator", &args)
 }
 
 /// The terminator on port 0 (HTTP and admin) with one `--route`; `extra`

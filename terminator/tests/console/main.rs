@@ -18,17 +18,7 @@ use testkit::{bin, curl, curl_with, free_endpoint, wait_until, Proc};
 /// An aggregator binary; /echo needs no backend, `backend` is where none
 /// listens.
 fn aggregator(backend: &str) -> Proc {
-    Proc::start(
-        "aggregator",
-        &[
-            "--bus",
-            "tcp://127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--backend",
-            backend,
-        ],
-    )
+    testkit::aggregator(&["--backend", backend])
 }
 
 /// Two aggregators behind a terminator with two routes (`/` and `/echo/`).
@@ -298,19 +288,7 @@ fn with_etcd_each_console_merges_the_whole_fleet() {
     let etcd = testkit::Etcd::start();
     let url = etcd.url();
     let backend = free_endpoint();
-    let _agg = Proc::start(
-        "aggregator",
-        &[
-            "--bus",
-            "tcp://127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--backend",
-            &backend,
-            "--etcd",
-            &url,
-        ],
-    );
+    let _agg = testkit::aggregator(&["--backend", &backend, "--etcd", &url]);
     // No --route: both route from the aggregator's registration.
     let start = || testkit::etcd::terminator(&etcd, &[]);
     let (a, b) = (start(), start());

@@ -59,6 +59,9 @@ pub struct Kv {
 struct Origin {
     request_id: bus::Text,
     ghost: bool,
+    /// The `backend` policy as it stood when the request arrived: one
+    /// lookup serves every backend call the request makes.
+    policy: Option<Arc<traffic::Policy>>,
     /// The backend version the client's header or cookie pins, if any.
     pin: Option<String>,
 }
@@ -67,7 +70,7 @@ struct Origin {
 /// counted by the version that answered.
 async fn call(
     client: &Client,
-    (policies, versions): (&traffic::Policies, &traffic::versions::Versions),
+    versions: &traffic::versions::Versions,
     mut r: Request,
     o: &Origin,
     deadline: Instant,
@@ -75,10 +78,9 @@ async fn call(
 ) -> Result<Reply, CallError> {
     r.request_id = o.request_id.clone();
     r.ghost = o.ghost;
-    let policy = policies.get(proto::SERVICE);
     let route = bus::Route {
         version: o.pin.as_deref(),
-        weights: policy.as_ref().and_then(|p| p.weights.as_ref()),
+        weights: o.policy.as_ref().and_then(|p| p.weights.as_ref()),
     };
     let mut trace = bus::CallTrace::default();
     let started = Instant::now();
@@ -111,13 +113,14 @@ impl Kv {
         let (route, query) = path.split_once('?').unwrap_or((path, ""));
         let method = req.http_method.as_str();
         let rid = &req.request_id;
+        let policy = self.policies.get(proto::SERVICE);
         let o = Origin {
             request_id: rid.clone(),
             ghost: req.ghost,
-            pin: self
-                .policies
-                .get(proto::SERVICE)
+            pin: policy
+                .as_ref()
                 .and_then(|p| p.pinned_bus(&req.headers).map(str::to_string)),
+            policy,
         };
         let o = &o;
         if route == "/kv" {
@@ -148,15 +151,7 @@ impl Kv {
         let ticket = self.cache.as_ref().map(|c| c.ticket(&key));
         let mut r = Request::new(proto::SERVICE, proto::GET);
         r.path = key.clone().try_into_text();
-        let reply = call(
-            &self.client,
-            (&self.policies, &self.versions),
-            r,
-            o,
-            deadline,
-            true,
-        )
-        .await;
+        let reply = call(&self.client, &self.versions, r, o, deadline, true).await;
         match reply.map_err(|e| Problem::from_call(&e))? {
             reply if reply.status == 200 => {
                 if let (Some(c), Some(t)) = (&self.cache, ticket) {
@@ -180,15 +175,7 @@ impl Kv {
         let mut r = Request::new(proto::SERVICE, method);
         r.path = key.clone().try_into_text();
         r.body = body;
-        let out = call(
-            &self.client,
-            (&self.policies, &self.versions),
-            r,
-            o,
-            deadline,
-            false,
-        )
-        .await;
+        let out = call(&self.client, &self.versions, r, o, deadline, false).await;
         // Whatever the outcome (a timed-out write may still land), this
         // aggregator's copy can no longer be trusted.
         if let Some(c) = &self.cache {
@@ -268,11 +255,10 @@ impl Kv {
             };
             let mut r = Request::new(proto::SERVICE, proto::MULTI_GET);
             r.body = proto::encode_keys(&chunk_keys);
-            let (client, o) = (self.client.clone(), o.clone());
-            let (policies, versions) = (self.policies.clone(), self.versions.clone());
+            let (client, o, versions) = (self.client.clone(), o.clone(), self.versions.clone());
             calls.spawn(async move {
                 let n = idx.len();
-                let out = match call(&client, (&policies, &versions), r, &o, deadline, true).await {
+                let out = match call(&client, &versions, r, &o, deadline, true).await {
                     Ok(reply) if reply.status == 200 => proto::decode_values(&reply.body, n)
                         .map_err(|e| Failure::Protocol(e.to_string())),
                     Ok(reply) => Err(Failure::Status(reply.status)),

@@ -222,6 +222,13 @@ mod tests {
         i
     }
 
+    fn weighted(w: &Weights) -> Route<'_> {
+        Route {
+            version: None,
+            weights: Some(w),
+        }
+    }
+
     fn share(
         list: &[Arc<Instance>],
         route: Route<'_>,
@@ -247,34 +254,17 @@ mod tests {
             versioned(4, true, "v2"),
         ];
         let w = Weights(vec![("v1".into(), 90), ("v2".into(), 10)]);
-        let route = Route {
-            version: None,
-            weights: Some(&w),
-        };
+        let route = weighted(&w);
         let by = share(&list, route, 10_000);
         let v2 = by.get("v2").copied().unwrap_or(0);
         assert!((800..=1200).contains(&v2), "v2 got {v2} of 10000: {by:?}");
 
         // Weight 0 and unlisted versions get nothing.
         let w = Weights(vec![("v1".into(), 100), ("v2".into(), 0)]);
-        let by = share(
-            &list,
-            Route {
-                version: None,
-                weights: Some(&w),
-            },
-            2_000,
-        );
+        let by = share(&list, weighted(&w), 2_000);
         assert_eq!(by.get("v2"), None, "{by:?}");
         let w = Weights(vec![("v2".into(), 1)]);
-        let by = share(
-            &list,
-            Route {
-                version: None,
-                weights: Some(&w),
-            },
-            2_000,
-        );
+        let by = share(&list, weighted(&w), 2_000);
         assert_eq!(by.keys().collect::<Vec<_>>(), ["v2"], "{by:?}");
     }
 
@@ -282,14 +272,7 @@ mod tests {
     fn no_weighted_version_up_falls_back_to_any_and_a_pin_wins() {
         let list = [versioned(1, true, "v1"), versioned(2, false, "v2")];
         let w = Weights(vec![("v2".into(), 100)]);
-        let by = share(
-            &list,
-            Route {
-                version: None,
-                weights: Some(&w),
-            },
-            500,
-        );
+        let by = share(&list, weighted(&w), 500);
         assert_eq!(by.keys().collect::<Vec<_>>(), ["v1"], "v2 is down: {by:?}");
 
         let list = [versioned(1, true, "v1"), versioned(2, true, "v2")];

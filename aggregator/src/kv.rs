@@ -30,7 +30,11 @@
 //! its ghost mark (a ghost's backend calls are ghosts too: backend-svc
 //! then writes nothing). The `backend` traffic policy (`--policy`, etcd)
 //! splits the calls by version and pins them by the client's header or
-//! cookie, which the terminator passed on.
+//! cookie, which the terminator passed on; its `ghost` copies a sampled
+//! fraction of the backend calls made for the client's methods it names
+//! (GET and HEAD by default) to the ghost version, compares the replies
+//! and keeps the verdicts per bus method (`kv.get`, `kv.multi_get`) on
+//! `/ghost`. A request that is itself a ghost makes no further copies.
 
 use crate::cache::Cache;
 use base64::Engine;
@@ -45,19 +49,30 @@ use tokio::time::Instant;
 pub const DEFAULT_CHUNK: usize = 16;
 
 pub struct Kv {
-    pub client: Arc<Client>,
+    pub backend: Backend,
     pub cache: Option<Cache>,
     pub chunk: usize,
     /// Traffic policies; the `backend` one applies here.
     pub policies: Arc<traffic::Policies>,
+}
+
+/// The backend as each call sees it: the client and where the calls
+/// are counted. Cheap to clone into a multi-get's chunk tasks.
+#[derive(Clone)]
+pub struct Backend {
+    pub client: Arc<Client>,
     /// The backend's calls by version (`version.backend.<version>.*`).
     pub versions: Arc<traffic::versions::Versions>,
+    /// Ghost copies of backend calls and their verdicts (`/ghost`).
+    pub ghosts: Arc<traffic::ghost::Ledger>,
 }
 
 /// What a backend call inherits from the request it serves.
 #[derive(Clone)]
 struct Origin {
     request_id: bus::Text,
+    /// The client's HTTP method: the backend policy's ghost samples by it.
+    method: bus::Text,
     ghost: bool,
     /// The `backend` policy as it stood when the request arrived: one
     /// lookup serves every backend call the request makes.
@@ -66,39 +81,57 @@ struct Origin {
     pin: Option<String>,
 }
 
-/// A backend call on behalf of `o`, routed by the backend's policy and
-/// counted by the version that answered.
-async fn call(
-    client: &Client,
-    versions: &traffic::versions::Versions,
-    mut r: Request,
-    o: &Origin,
-    deadline: Instant,
-    idempotent: bool,
-) -> Result<Reply, CallError> {
-    r.request_id = o.request_id.clone();
-    r.ghost = o.ghost;
-    let route = bus::Route {
-        version: o.pin.as_deref(),
-        weights: o.policy.as_ref().and_then(|p| p.weights.as_ref()),
-    };
-    let mut trace = bus::CallTrace::default();
-    let started = Instant::now();
-    let out = client
-        .call_traced(r, deadline, idempotent, route, &mut trace)
-        .await;
-    let status = match &out {
-        Ok(r) => r.status,
-        Err(CallError::Remote { status, .. }) => *status,
-        Err(CallError::Timeout) => 504,
-        Err(_) => 503,
-    };
-    // A ghost's calls are the ghost's business: a ramp judged on the
-    // backend's versions must see real traffic only.
-    if !o.ghost {
-        versions.record(proto::SERVICE, &trace, status, started.elapsed());
+impl Backend {
+    /// A backend call on behalf of `o`, routed by the backend's policy,
+    /// counted by the version that answered, and copied to the policy's
+    /// ghost when it samples the call.
+    async fn call(
+        &self,
+        mut r: Request,
+        o: &Origin,
+        deadline: Instant,
+        idempotent: bool,
+    ) -> Result<Reply, CallError> {
+        r.request_id = o.request_id.clone();
+        r.ghost = o.ghost;
+        let route = bus::Route {
+            version: o.pin.as_deref(),
+            weights: o.policy.as_ref().and_then(|p| p.weights.as_ref()),
+        };
+        // A ghost's own calls are never copied again: one copy per request.
+        let ghost = o
+            .policy
+            .as_ref()
+            .and_then(|p| p.ghost.as_ref())
+            .filter(|_| !o.ghost)
+            .and_then(|g| {
+                self.ghosts
+                    .start(g, proto::SERVICE, r.method.as_str(), o.method.as_str())
+            })
+            .map(|m| m.launch(&self.client, r.clone(), deadline));
+        let mut trace = bus::CallTrace::default();
+        let started = Instant::now();
+        let out = self
+            .client
+            .call_traced(r, deadline, idempotent, route, &mut trace)
+            .await;
+        if let Some(g) = ghost {
+            g.answered(&out);
+        }
+        let status = match &out {
+            Ok(r) => r.status,
+            Err(CallError::Remote { status, .. }) => *status,
+            Err(CallError::Timeout) => 504,
+            Err(_) => 503,
+        };
+        // A ghost's calls are the ghost's business: a ramp judged on the
+        // backend's versions must see real traffic only.
+        if !o.ghost {
+            self.versions
+                .record(proto::SERVICE, &trace, status, started.elapsed());
+        }
+        out
     }
-    out
 }
 
 impl Kv {
@@ -116,6 +149,7 @@ impl Kv {
         let policy = self.policies.get(proto::SERVICE);
         let o = Origin {
             request_id: rid.clone(),
+            method: req.http_method.clone(),
             ghost: req.ghost,
             pin: policy
                 .as_ref()
@@ -151,7 +185,7 @@ impl Kv {
         let ticket = self.cache.as_ref().map(|c| c.ticket(&key));
         let mut r = Request::new(proto::SERVICE, proto::GET);
         r.path = key.clone().try_into_text();
-        let reply = call(&self.client, &self.versions, r, o, deadline, true).await;
+        let reply = self.backend.call(r, o, deadline, true).await;
         match reply.map_err(|e| Problem::from_call(&e))? {
             reply if reply.status == 200 => {
                 if let (Some(c), Some(t)) = (&self.cache, ticket) {
@@ -175,7 +209,7 @@ impl Kv {
         let mut r = Request::new(proto::SERVICE, method);
         r.path = key.clone().try_into_text();
         r.body = body;
-        let out = call(&self.client, &self.versions, r, o, deadline, false).await;
+        let out = self.backend.call(r, o, deadline, false).await;
         // Whatever the outcome (a timed-out write may still land), this
         // aggregator's copy can no longer be trusted.
         if let Some(c) = &self.cache {
@@ -255,10 +289,10 @@ impl Kv {
             };
             let mut r = Request::new(proto::SERVICE, proto::MULTI_GET);
             r.body = proto::encode_keys(&chunk_keys);
-            let (client, o, versions) = (self.client.clone(), o.clone(), self.versions.clone());
+            let (backend, o) = (self.backend.clone(), o.clone());
             calls.spawn(async move {
                 let n = idx.len();
-                let out = match call(&client, &versions, r, &o, deadline, true).await {
+                let out = match backend.call(r, &o, deadline, true).await {
                     Ok(reply) if reply.status == 200 => proto::decode_values(&reply.body, n)
                         .map_err(|e| Failure::Protocol(e.to_string())),
                     Ok(reply) => Err(Failure::Status(reply.status)),

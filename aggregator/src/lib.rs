@@ -209,12 +209,13 @@ pub struct App {
 }
 
 /// The aggregator's own metrics beside the bus's: the backend's calls by
-/// version.
-struct Metrics(Arc<traffic::versions::Versions>);
+/// version and the ghost copies' verdicts.
+struct Metrics(kv::Backend);
 
 impl telemetry::Source for Metrics {
     fn visit(&self, v: &mut dyn telemetry::Visitor) {
-        self.0.visit(v);
+        self.0.versions.visit(v);
+        self.0.ghosts.visit(v);
     }
 }
 
@@ -226,8 +227,12 @@ impl App {
         opts.endpoints = args.backend.clone();
         opts.tuning.mechanism = security.client();
         let client = Arc::new(Client::connect(opts)?);
-        let versions: Arc<traffic::versions::Versions> = Default::default();
-        let metrics = Arc::new(Metrics(versions.clone()));
+        let backend = kv::Backend {
+            client,
+            versions: Default::default(),
+            ghosts: Default::default(),
+        };
+        let metrics = Arc::new(Metrics(backend.clone()));
         telemetry::register(&metrics);
         let cache = if args.cache {
             Some(cache::Cache::new(
@@ -241,11 +246,10 @@ impl App {
         };
         Ok(App {
             kv: kv::Kv {
-                client,
+                backend,
                 cache,
                 chunk: args.multi_chunk,
                 policies: Default::default(),
-                versions: versions.clone(),
             },
             _metrics: metrics,
         })
@@ -351,7 +355,7 @@ fn watch_backend(o: discovery::EtcdOptions, app: Arc<App>, args: &Args) -> disco
     let static_bus = args.backend.clone();
     let static_events = args.backend_events.clone();
     let prefix = discovery::Registration::service_prefix(kv_proto::SERVICE);
-    let kv = app.kv.client.clone();
+    let kv = app.kv.backend.client.clone();
     // An instance whose key vanished stays while its connection is up: its
     // lease may have expired only because etcd was away (removal grace).
     let live = move |r: &discovery::Registration| {
@@ -383,19 +387,19 @@ fn watch_backend(o: discovery::EtcdOptions, app: Arc<App>, args: &Args) -> disco
         };
         let bus: Vec<String> = bus_keyed.iter().map(|(e, _)| e.clone()).collect();
         tracing::info!(instances = snap.len(), endpoints = ?bus, "backend instances changed");
-        if let Err(e) = app.kv.client.set_endpoints_with_keys(&bus_keyed) {
+        if let Err(e) = app.kv.backend.client.set_endpoints_with_keys(&bus_keyed) {
             tracing::warn!(error = %e, "a registered backend endpoint is unusable; ignored");
             let good: Keyed = bus_keyed
                 .into_iter()
                 .filter(|(e, _)| bus::check_endpoint(e).is_ok())
                 .collect();
-            let _ = app.kv.client.set_endpoints_with_keys(&good);
+            let _ = app.kv.backend.client.set_endpoints_with_keys(&good);
         }
         let versions: Vec<(String, Option<String>)> = snap
             .values()
             .map(|r| (r.bus.clone(), Some(r.version.clone())))
             .collect();
-        app.kv.client.set_versions(&versions);
+        app.kv.backend.client.set_versions(&versions);
         if let Some(c) = &app.kv.cache {
             if let Err(e) = c.set_event_endpoints(&events_keyed) {
                 tracing::warn!(error = %e, "a registered events endpoint is unusable");
@@ -415,7 +419,7 @@ impl svc_host::admin::Admin for AdminPages {
         if self.draining.load(Ordering::SeqCst) {
             return (false, r#"{"status":"draining"}"#.into());
         }
-        let insts = self.app.kv.client.instances();
+        let insts = self.app.kv.backend.client.instances();
         let backend_connected = insts.iter().filter(|i| i.is_connected()).count();
         let reached = insts.iter().any(|i| i.ever_connected());
         let events_live = self.app.kv.cache.as_ref().map(|c| c.live());
@@ -434,11 +438,15 @@ impl svc_host::admin::Admin for AdminPages {
         if path == "/policy" {
             return Some((StatusCode::OK, self.app.kv.policies.page().to_string()));
         }
+        if path == "/ghost" {
+            let page = self.app.kv.backend.ghosts.page();
+            return Some((StatusCode::OK, page.to_string()));
+        }
         if path != "/stats" {
             return None;
         }
         let s = self.svc.stats();
-        let c = self.app.kv.client.stats();
+        let c = self.app.kv.backend.client.stats();
         let v = serde_json::json!({
             "service": s.to_json(),
             "backend": c.to_json(),

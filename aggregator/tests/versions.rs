@@ -209,21 +209,7 @@ fn weights_pins_and_live_policy_changes_across_two_versions() {
 #[test]
 fn the_aggregator_routes_backend_calls_by_the_backend_policy() {
     let etcd = Etcd::start();
-    let url = etcd.url();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let any = "tcp://127.0.0.1:0";
-    let _a = testkit::backend_svc(
-        da.path(),
-        any,
-        any,
-        &["--etcd", &url, "--service-version", "v1"],
-    );
-    let _b = testkit::backend_svc(
-        db.path(),
-        any,
-        any,
-        &["--etcd", &url, "--service-version", "v2"],
-    );
+    let _backends = two_backends(&etcd);
     let key = "/switchboard/policy/backend";
     etcd.ctl(&[
         "put",
@@ -291,4 +277,124 @@ fn the_aggregator_routes_backend_calls_by_the_backend_policy() {
         },
     );
     assert_eq!(served(&mut c, 100), ["v2"]);
+}
+
+/// backend-svc v1 and v2 in etcd, each on a store of its own.
+fn two_backends(etcd: &Etcd) -> [(tempfile::TempDir, Proc); 2] {
+    ["v1", "v2"].map(|v| {
+        let dir = tempfile::tempdir().unwrap();
+        let any = "tcp://127.0.0.1:0";
+        let args = ["--etcd", &etcd.url(), "--service-version", v];
+        let p = testkit::backend_svc(dir.path(), any, any, &args);
+        (dir, p)
+    })
+}
+
+/// The `backend` policy's ghost, at the aggregator: a copy of every GET's
+/// backend call goes to v2, and the verdicts per bus method count exactly
+/// the keys whose values differ between the stores; clients only ever
+/// get v1's values, a PUT is not copied, and the copies stay out of
+/// `version.backend.*`.
+#[test]
+fn the_aggregator_ghosts_backend_calls_by_the_backend_policy() {
+    let etcd = Etcd::start();
+    let _backends = two_backends(&etcd);
+    let key = "/switchboard/policy/backend";
+    let pin = r#""pin": {"header": "x-backend-version"}"#;
+    etcd.ctl(&[
+        "put",
+        key,
+        &format!(r#"{{"weights": {{"v1": 100}}, {pin}}}"#),
+    ]);
+    let agg = aggregator(&etcd, "v1");
+    let admin = agg.addr("admin");
+    let t = testkit::terminator(&format!("/=aggregator@{}", agg.addr("bus")), &[]);
+    let mut c = testkit::keepalive::Conn::open(&t.addr("http"));
+    // Ten keys alike in both stores, and `who` naming its store.
+    wait_until(Duration::from_secs(20), "both stores written", || {
+        ["v1", "v2"].iter().all(|v| {
+            let h = format!("x-backend-version: {v}");
+            (0..10).all(|i| c.send("PUT", &format!("/kv/same{i}"), &[&h], b"x").status == 204)
+                && c.send("PUT", "/kv/who", &[&h], v.as_bytes()).status == 204
+        })
+    });
+    let counters = || {
+        let stats = curl("GET", &format!("{admin}/stats"), None);
+        let v: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
+        v["counters"].clone()
+    };
+    let v2_before = counters()["version.backend.v2.requests"].as_u64();
+    let ghost = r#""ghost": {"version": "v2", "fraction": 1}"#;
+    let doc = format!(r#"{{"weights": {{"v1": 100}}, {pin}, {ghost}}}"#);
+    etcd.ctl(&["put", key, &doc]);
+    wait_until(Duration::from_secs(10), "the ghost in force", || {
+        let page = curl("GET", &format!("{admin}/policy"), None);
+        let v: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
+        v["services"]["backend"]["ghost"]["version"] == "v2"
+    });
+    for i in 0..30 {
+        let r = c.send("GET", &format!("/kv/same{}", i % 10), &[], b"");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"x"[..]));
+    }
+    for _ in 0..20 {
+        let r = c.send("GET", "/kv/who", &[], b"");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"v1"[..]));
+    }
+    for _ in 0..5 {
+        let r = c.send("GET", "/kv?keys=same0,same1", &[], b"");
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(c.send("PUT", "/kv/new", &[], b"n").status, 204);
+    // The verdicts land when both sides have answered; wait for the sum.
+    let verdicts = |route: &str| {
+        let page = curl("GET", &format!("{admin}/ghost"), None);
+        let v: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
+        let r = v["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == route && r["service"] == "backend")
+            .cloned()
+            .unwrap_or_default();
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        let all = [
+            "matched",
+            "mismatched",
+            "failed",
+            "timeouts",
+            "skipped",
+            "unpaired",
+        ];
+        let total: u64 = all.iter().map(|k| n(k)).sum();
+        (n("matched"), n("mismatched"), total, v)
+    };
+    wait_until(Duration::from_secs(10), "every copy compared", || {
+        verdicts("kv.get").2 == 50 && verdicts("kv.multi_get").2 == 5
+    });
+    let (matched, mismatched, _, page) = verdicts("kv.get");
+    assert_eq!((matched, mismatched), (30, 20), "{page}");
+    assert_eq!(verdicts("kv.multi_get").0, 5, "{page}");
+    let routes: Vec<&str> = page["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["route"].as_str())
+        .collect();
+    assert_eq!(routes, ["kv.get", "kv.multi_get"], "the PUT was not copied");
+    let m = &page["mismatches"][0];
+    assert_eq!(
+        (m["method"].as_str(), m["path"].as_str()),
+        (Some("kv.get"), Some("who"))
+    );
+    assert_eq!(m["ghost"]["head"], "v2", "{m}");
+    // The copies are no v2 traffic of the ramp's.
+    assert_eq!(
+        counters()["version.backend.v2.requests"].as_u64(),
+        v2_before
+    );
+    let m = counters();
+    assert_eq!(m["ghost.kv_get.v2.mismatched"], 20, "{m}");
+    // The PUT reached v1 only.
+    let h = "x-backend-version: v2";
+    assert_eq!(c.send("GET", "/kv/new", &[h], b"").status, 404);
 }

@@ -58,6 +58,9 @@ pub fn snapshot(urls: &[String], timeout: Duration) -> Vec<Snapshot> {
         .collect()
 }
 
+/// [`fetch`]'s error when the server has no such page.
+pub const NOT_FOUND: &str = "answered 404 Not Found";
+
 /// GET `url` (HTTP/1.1, no TLS), the body if the status is 2xx.
 pub async fn fetch(url: &str) -> Result<Bytes, String> {
     let t = Target::parse(url)?;
@@ -77,6 +80,9 @@ pub async fn fetch(url: &str) -> Result<Bytes, String> {
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    if resp.status() == http::StatusCode::NOT_FOUND {
+        return Err(NOT_FOUND.into());
+    }
     if !resp.status().is_success() {
         return Err(format!("answered {}", resp.status()));
     }

@@ -100,7 +100,7 @@ pub async fn sample(admins: &[String], service: &str, version: &str) -> Result<S
     Ok(s)
 }
 
-/// A service's ghost verdicts, summed over the terminators.
+/// A service's ghost verdicts, summed over its callers.
 pub struct GhostTotals {
     /// (route, ghost version) → counts in [`traffic::ghost::VERDICTS`] order.
     pub sums: std::collections::BTreeMap<(String, String), [u64; 6]>,
@@ -108,17 +108,22 @@ pub struct GhostTotals {
     pub mismatches: Vec<serde_json::Value>,
 }
 
-/// Reads every terminator's `/ghost`; one that does not answer is an
-/// error, as for [`sample`].
+/// Reads every caller's `/ghost`; one that does not answer is an error,
+/// as for [`sample`]. A process without the page (404: it calls no other
+/// service, like backend-svc) has nothing to add.
 pub async fn ghost_totals(admins: &[String], service: &str) -> Result<GhostTotals, String> {
     let mut sums: std::collections::BTreeMap<(String, String), [u64; 6]> = Default::default();
     let mut mismatches = Vec::new();
     for admin in admins {
         let url = format!("{}/ghost", admin.trim_end_matches('/'));
-        let body = tokio::time::timeout(TIMEOUT, loadtest::server_stats::fetch(&url))
+        let body = match tokio::time::timeout(TIMEOUT, loadtest::server_stats::fetch(&url))
             .await
             .map_err(|_| format!("{url}: timed out"))?
-            .map_err(|e| format!("{url}: {e}"))?;
+        {
+            Ok(b) => b,
+            Err(e) if e.starts_with(loadtest::server_stats::NOT_FOUND) => continue,
+            Err(e) => return Err(format!("{url}: {e}")),
+        };
         let v: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
         let mut routes = Vec::new();
@@ -150,7 +155,7 @@ pub async fn ghost_totals(admins: &[String], service: &str) -> Result<GhostTotal
 }
 
 /// `sbctl ghost SERVICE`: each route and ghost version's verdicts summed
-/// over the terminators' `/ghost` pages, then the newest mismatches.
+/// over the callers' `/ghost` pages, then the newest mismatches.
 pub async fn ghost_report(admins: &[String], service: &str) -> Result<(), String> {
     let GhostTotals { sums, mismatches } = ghost_totals(admins, service).await?;
     if sums.is_empty() {

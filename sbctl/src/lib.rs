@@ -281,7 +281,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                     println!("{service}: ghost off");
                     return Ok(());
                 }
-                return fleet::ghost_report(&cli.terminator_admin, &service).await;
+                let admins = store.callers(&cli.terminator_admin, &service).await?;
+                return fleet::ghost_report(&admins, &service).await;
             };
             let mut g = serde_json::Map::new();
             g.insert("version".into(), version.clone().into());
@@ -390,9 +391,9 @@ async fn status(
                 r.version, r.bus, r.admin, r.instance
             );
         }
-        // Ghost mode runs in the terminators only.
+        // Every caller mirrors its own calls: terminators and services.
         if doc.contains_key("ghost") {
-            match fleet::ghost_totals(admins, &service).await {
+            match fleet::ghost_totals(callers, &service).await {
                 Ok(t) => {
                     for ((route, version), c) in &t.sums {
                         let shown: Vec<String> = traffic::ghost::VERDICTS

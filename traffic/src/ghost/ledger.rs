@@ -240,11 +240,13 @@ impl Mirror {
         let client = client.clone();
         tokio::spawn(async move {
             let Mirror { ghost, entry, slot } = self;
-            let (rid, method, path) = (
-                req.request_id.to_string(),
-                req.http_method.to_string(),
-                req.path.to_string(),
-            );
+            // A call that is not a forwarded HTTP request (the
+            // aggregator's `kv.get`) is named by its bus method.
+            let method = match req.http_method.as_str() {
+                "" => req.method.to_string(),
+                m => m.to_string(),
+            };
+            let (rid, path) = (req.request_id.to_string(), req.path.to_string());
             let ghost_answer = Answer::of(&client.call_ghost(req, deadline, &ghost.version).await);
             drop(slot);
             // The primary answers by the same deadline, or is dropped.

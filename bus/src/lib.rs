@@ -34,6 +34,18 @@
 //! accumulated in one write; the reader decodes every complete frame a read
 //! returned and completes each caller's oneshot. A request therefore never
 //! waits for another thread to be scheduled.
+//!
+//! The price: the connections run only when the runtime runs them. A task
+//! that holds a worker thread (CPU-heavy work, a blocking call) delays
+//! every connection on that worker, and held for longer than the heartbeat
+//! timeout (3 s) the peer hears nothing and disconnects, failing the calls
+//! in flight ([`CallError::Disconnected`], then `NoInstance` until the
+//! reconnect). libzmq's I/O threads were immune to that, at the cost of
+//! the thread crossings this crate removed. Put such work on
+//! `spawn_blocking` or a runtime of its own. `tests/transport.rs`'s 10,000-call test met it:
+//! building its bodies byte by byte (4.4 s of CPU in a debug build) on
+//! the runtime both ends share fired the heartbeat in 3 of 5 runs under
+//! load.
 
 pub mod client;
 pub mod curve;

@@ -361,15 +361,7 @@ fn the_aggregator_ghosts_backend_calls_by_the_backend_policy() {
             .cloned()
             .unwrap_or_default();
         let n = |k: &str| r[k].as_u64().unwrap_or(0);
-        let all = [
-            "matched",
-            "mismatched",
-            "failed",
-            "timeouts",
-            "skipped",
-            "unpaired",
-        ];
-        let total: u64 = all.iter().map(|k| n(k)).sum();
+        let total: u64 = traffic::ghost::VERDICTS.iter().map(|k| n(k)).sum();
         (n("matched"), n("mismatched"), total, v)
     };
     wait_until(Duration::from_secs(10), "every copy compared", || {

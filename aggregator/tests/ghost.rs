@@ -204,13 +204,7 @@ fn ghost_mismatches_are_exactly_the_differing_subset_and_never_reach_a_client() 
         assert!(body.contains(&format!(r#""v": "val-{i}""#)), "k{i}: {body}");
     }
     // The console shows the ghost and its verdicts.
-    let data: serde_json::Value =
-        serde_json::from_slice(&curl("GET", &format!("{admin}/console/data"), None).body).unwrap();
-    let svc = data["services"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["service"] == "aggregator"))
-        .cloned()
-        .unwrap_or_default();
+    let svc = testkit::console_service(&admin, "aggregator");
     assert_eq!(
         (
             &svc["ghost"]["version"],

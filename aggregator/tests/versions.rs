@@ -109,17 +109,11 @@ fn weights_pins_and_live_policy_changes_across_two_versions() {
     assert_eq!(by.values().sum::<usize>(), 10_000, "{by:?}");
 
     // The console shows the weights in force.
-    let data = curl("GET", &format!("{}/console/data", t.addr("admin")), None);
-    let v: serde_json::Value = serde_json::from_slice(&data.body).unwrap();
-    let svc = v["services"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["service"] == "aggregator"))
-        .cloned()
-        .unwrap_or_default();
+    let svc = testkit::console_service(&t.addr("admin"), "aggregator");
     assert_eq!(
         svc["weights"],
         serde_json::json!({"v1": 90, "v2": 10}),
-        "{v}"
+        "{svc}"
     );
 
     // And each instance's registered version.

@@ -478,6 +478,18 @@ pub fn curl_with(method: &str, url: &str, body: Option<&[u8]>, headers: &[&str])
     }
 }
 
+/// `service`'s entry in a terminator's `/console/data` (`admin` is its
+/// admin address); `Null` when the console does not list the service.
+pub fn console_service(admin: &str, service: &str) -> serde_json::Value {
+    let data = curl("GET", &format!("{admin}/console/data"), None);
+    let v: serde_json::Value = serde_json::from_slice(&data.body).expect("console data is JSON");
+    v["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["service"] == service))
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Polls `f` every 10 ms until it is true or `bound` passes.
 pub fn wait_until(bound: Duration, what: &str, f: impl FnMut() -> bool) {
     assert!(
